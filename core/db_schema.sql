@@ -1,0 +1,2 @@
+-- loyd store schema; replaced by the store module.
+SELECT 1;
