@@ -165,11 +165,12 @@ struct loyd_host_api {
     void (*timer_cancel)(void *hctx, uint64_t id);
 
     /*
-     * Durable key/value scoped to hctx's tenant (tokens, provisioned field ids).  kv_put
-     * returns only after the value is committed.  kv_get: *out is new (free()) or NULL.
+     * Durable key/value scoped to hctx's tenant (tokens, provisioned field ids).  kv_get:
+     * *out is new (free()) or NULL.  kv_put calls cb once the value is committed, so a rotated
+     * refresh token is stored before the new access token is used.
      */
     int (*kv_get)(void *hctx, const char *key, char **out);
-    int (*kv_put)(void *hctx, const char *key, const char *value);
+    int (*kv_put)(void *hctx, const char *key, const char *value, loyd_done_cb cb, void *arg);
 
     /* Listens on "host:port" (port 0: the OS chooses); *port_out gets the bound port. */
     int (*http_listen)(void *hctx, const char *addr, loyd_http_handler_cb cb, void *arg,
