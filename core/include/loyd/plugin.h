@@ -249,6 +249,9 @@ struct loyd_connector_ops {
     void (*rate_policy)(void *tenant, struct loyd_rate_policy *out);
 
     const struct loyd_emulator *emulator; /* may be NULL */
+
+    /* Schema of the tenant file's `crm` table; the host validates it before tenant_open. */
+    const struct loyd_config_field *tenant_config;
 };
 
 struct loyd_plugin {

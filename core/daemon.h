@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The daemon: one libuv loop that owns the HTTP server, the HTTP client, the store, the loaded
+ * plugins and the tenants.  `loyd serve` is loyd_daemon_run; tests and `loyd demo` can create
+ * a daemon on their own loop and drive it.
+ */
+#ifndef LOYD_DAEMON_H
+#define LOYD_DAEMON_H
+
+#include <stdbool.h>
+#include <uv.h>
+
+#include "config.h"
+#include "host.h"
+#include "metrics.h"
+#include "plugin_loader.h"
+
+struct loyd_tenant {
+    struct loyd_tenant_config *cfg;           /* owned */
+    const struct loyd_plugin_handle *plugin;  /* borrowed from the daemon's connectors */
+    const struct loyd_connector_ops *ops;     /* borrowed, never NULL */
+    void *state;                              /* from tenant_open, or NULL */
+    struct loyd_host_ctx *hctx;               /* owned */
+};
+
+struct loyd_daemon {
+    uv_loop_t *loop;                   /* borrowed */
+    char *config_path;                 /* owned */
+    struct loyd_config *cfg;           /* owned */
+    struct loyd_host host;
+    struct loyd_httpd *httpd;
+    struct loyd_http_client *client;
+    struct loyd_store *store;
+    struct loyd_host_ctx *plugin_hctx; /* shared by plugin-level (not tenant) calls */
+    struct loyd_plugin_handle **plugins; /* generic plugins and connectors */
+    size_t n_plugins;
+    struct loyd_tenant **tenants;
+    size_t n_tenants;
+    uv_signal_t sigterm, sigint, sighup;
+    uv_timer_t drain_timer, deadline_timer;
+    struct loyd_metrics metrics;
+    int port;                          /* bound HTTP port */
+    bool draining, stopped;
+    int exit_code;
+    unsigned closing;                  /* handles still closing at shutdown */
+};
+
+/**
+ * Loads the config at @p path (all problems go to stderr, naming file and key), opens the
+ * store, loads plugins and tenants and starts listening, on @p loop.
+ * @return 0, LOYD_ECONFIG for a bad config, or another negative code.
+ */
+int loyd_daemon_start(uv_loop_t *loop, const char *path, struct loyd_daemon **out) LOYD_MUST_CHECK;
+/** Re-reads config and tenants; a bad new config keeps the old one running and says why. */
+int loyd_daemon_reload(struct loyd_daemon *d);
+/** Starts the graceful drain (what SIGTERM does); the loop ends when everything is closed. */
+void loyd_daemon_stop(struct loyd_daemon *d);
+/** After the loop has ended: frees @p d.  @return the exit code. */
+int loyd_daemon_destroy(struct loyd_daemon *d);
+/** `loyd serve -c FILE`: runs until SIGTERM/SIGINT.  @return the process exit code. */
+int loyd_daemon_run(const char *path);
+
+#endif
