@@ -1,16 +1,76 @@
 /* SPDX-License-Identifier: MIT */
-/* loyd command line: dispatches to serve, demo, check, test and emulate. */
+/* loyd's command line: one binary, one verb per job. */
+#include <curl/curl.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "daemon.h"
 #include "log.h"
+
+#define LOYD_VERSION "0.1.0"
+
+static const char usage[] =
+    "usage: loyd COMMAND [ARGS]\n"
+    "\n"
+    "  serve -c FILE            run the daemon with the config FILE\n"
+    "  version                  print the version\n"
+    "\n"
+    "Run 'loyd COMMAND --help' for a command's options.\n";
+
+static int cmd_serve(int argc, char **argv)
+{
+    const char *path = NULL;
+
+    for (int i = 1; i < argc; i++) {
+        if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
+            path = argv[++i];
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: loyd serve -c FILE\n\nRuns the daemon. FILE is the daemon config "
+                   "(see docs/CONFIG.md).\nSIGHUP reloads it, SIGTERM drains and stops.\n");
+            return 0;
+        } else {
+            fprintf(stderr, "loyd serve: unexpected argument '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (path == NULL) {
+        fprintf(stderr, "loyd serve: -c FILE is required\n");
+        return 2;
+    }
+    return loyd_daemon_run(path);
+}
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+} commands[] = {
+    {"serve", cmd_serve},
+};
 
 int main(int argc, char **argv)
 {
-    if (argc > 1 && strcmp(argv[1], "--version") == 0) {
-        printf("loyd 0.1.0\n");
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+        printf("loyd %s\n", LOYD_VERSION);
         return 0;
     }
-    fprintf(stderr, "usage: loyd serve -c FILE | demo | check PACK | test PACK | emulate CRM\n");
+    /* Before any thread exists (libuv's pool, curl's resolver). */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "loyd: curl_global_init failed\n");
+        return 1;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            int rc = commands[i].run(argc - 1, argv + 1);
+            curl_global_cleanup();
+            return rc;
+        }
+    }
+    fprintf(stderr, "loyd: unknown command '%s'\n\n%s", argv[1], usage);
+    curl_global_cleanup();
     return 2;
 }

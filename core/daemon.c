@@ -1,0 +1,678 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The daemon (see daemon.h): start-up, routing of inbound HTTP, durable webhook intake,
+ * /healthz and /metrics, SIGHUP reload and the SIGTERM drain.
+ *
+ * A webhook is answered 200 only from the store's completion callback, that is after its inbox
+ * row is committed; the store groups many such rows per commit.
+ */
+#include "daemon.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_client.h"
+#include "httpd.h"
+#include "log.h"
+#include "sha256.h"
+#include "store.h"
+
+/* One webhook waiting for its inbox row to commit. */
+struct hook_wait {
+    struct loyd_daemon *d;
+    struct loyd_http_exchange *ex;
+    char tenant[65];
+};
+
+static const char *const TEXT_PLAIN[] = {"Content-Type: text/plain; charset=utf-8", NULL};
+
+static void answer(struct loyd_daemon *d, struct loyd_http_exchange *ex, enum loyd_route route,
+                   int status, const char *const *headers, const char *body)
+{
+    loyd_metrics_request(&d->metrics, route, status);
+    loyd_httpd_respond(ex, status, headers ? headers : TEXT_PLAIN, body, strlen(body));
+}
+
+static void log_lines(int level, enum loyd_log_group group, const char *prefix, const char *text)
+{
+    const char *p = text;
+    while (p != NULL && *p != '\0') {
+        const char *nl = strchr(p, '\n');
+        int n = nl ? (int)(nl - p) : (int)strlen(p);
+        if (n > 0)
+            loyd_log_(level, CORE, "%s%.*s", prefix, n, p);
+        p = nl ? nl + 1 : NULL;
+    }
+    (void)group;
+}
+
+/* ---- tenants --------------------------------------------------------------------------- */
+
+static struct loyd_tenant *tenant_find(struct loyd_daemon *d, const char *name)
+{
+    for (size_t i = 0; i < d->n_tenants; i++)
+        if (strcmp(d->tenants[i]->cfg->name, name) == 0)
+            return d->tenants[i];
+    return NULL;
+}
+
+static void tenant_free(struct loyd_tenant *t)
+{
+    if (t == NULL)
+        return;
+    if (t->state != NULL && t->ops->tenant_close != NULL)
+        t->ops->tenant_close(t->state);
+    loyd_host_ctx_destroy(t->hctx);
+    loyd_tenant_config_free(t->cfg);
+    free(t);
+}
+
+static void tenants_free(struct loyd_tenant **ts, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        tenant_free(ts[i]);
+    free(ts);
+}
+
+/* The loaded connector plugin called @p name, loading the built-in one on first use. */
+static int connector_get(struct loyd_daemon *d, const char *name,
+                         const struct loyd_plugin_handle **out, struct loyd_buf *err)
+{
+    struct loyd_plugin_handle *h = NULL;
+    int rc;
+
+    for (size_t i = 0; i < d->n_plugins; i++)
+        if (strcmp(d->plugins[i]->plugin->name, name) == 0)
+            h = d->plugins[i];
+    if (h == NULL) {
+        if ((rc = loyd_plugin_load(name, NULL, NULL, &loyd_host_api, d->plugin_hctx, &h, err)) != 0)
+            return rc;
+        d->plugins = loyd_xrealloc(d->plugins, (d->n_plugins + 1) * sizeof(*d->plugins));
+        d->plugins[d->n_plugins++] = h;
+    }
+    if (loyd_plugin_connector(h->plugin) == NULL) {
+        loyd_buf_printf(err, "plugin '%s' is not a CRM connector", name);
+        return LOYD_ECONFIG;
+    }
+    *out = h;
+    return 0;
+}
+
+static void tenant_ensured(void *arg, int err)
+{
+    char *name = arg;
+    if (err != 0)
+        loyd_log_err(DB, "tenant=%s cannot be recorded: %s", name, loyd_strerror(err));
+    free(name);
+}
+
+/* Builds a live tenant from its config; takes ownership of @p tc even on failure. */
+static int tenant_open_take(struct loyd_daemon *d, struct loyd_tenant_config *tc,
+                            struct loyd_tenant **out, struct loyd_buf *err)
+{
+    struct loyd_tenant *t = loyd_xcalloc(1, sizeof(*t));
+    int rc;
+
+    t->cfg = tc;
+    if ((rc = connector_get(d, tc->connector, &t->plugin, err)) != 0)
+        goto fail;
+    t->ops = loyd_plugin_connector(t->plugin->plugin);
+    if (t->ops->tenant_config != NULL &&
+        (rc = loyd_config_validate_fields(tc->path, "crm", t->ops->tenant_config, tc->crm, err)) != 0)
+        goto fail;
+    t->hctx = loyd_host_ctx_create(&d->host, tc->connector, tc->name);
+    if (t->ops->tenant_open != NULL &&
+        (rc = t->ops->tenant_open(t->plugin->state, t->hctx, tc->crm, &t->state)) != 0) {
+        loyd_buf_printf(err, "%s: connector %s refused the tenant's crm settings: %s\n", tc->path,
+                        tc->connector, loyd_strerror(rc));
+        t->state = NULL;
+        goto fail;
+    }
+    *out = t;
+    return 0;
+fail:
+    tenant_free(t);
+    return rc;
+}
+
+/* Opens every tenant of @p tcs (taking them); on any failure none is kept. */
+static int tenants_open_take(struct loyd_daemon *d, struct loyd_tenant_config **tcs, size_t n,
+                             struct loyd_tenant ***out, struct loyd_buf *err)
+{
+    struct loyd_tenant **ts = loyd_xcalloc(n + 1, sizeof(*ts));
+    int rc = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        int r = tenant_open_take(d, tcs[i], &ts[i], err);
+        if (r != 0)
+            rc = r; /* keep going: report every tenant's problem at once */
+    }
+    free(tcs);
+    if (rc != 0) {
+        tenants_free(ts, n);
+        return rc;
+    }
+    *out = ts;
+    return 0;
+}
+
+static void tenants_record(struct loyd_daemon *d)
+{
+    for (size_t i = 0; i < d->n_tenants; i++) {
+        char *name = loyd_xstrdup(d->tenants[i]->cfg->name);
+        if (loyd_store_tenant_ensure(d->store, name, tenant_ensured, name) != 0)
+            free(name);
+    }
+}
+
+/* ---- webhooks -------------------------------------------------------------------------- */
+
+static const char *header_get(const struct loyd_http_request *req, const char *name)
+{
+    for (size_t i = 0; i < req->n_headers; i++)
+        if (strcasecmp(req->headers[i].name, name) == 0)
+            return req->headers[i].value;
+    return NULL;
+}
+
+static void hook_stored(void *arg, int err, int64_t id)
+{
+    struct hook_wait *w = arg;
+    struct loyd_daemon *d = w->d;
+
+    if (err == 0 || err == LOYD_EDUP) {
+        if (err == 0)
+            d->metrics.webhooks_stored++;
+        else
+            d->metrics.webhooks_duplicate++;
+        loyd_log_debug(HTTP, "tenant=%s inbox=%" PRId64 "%s", w->tenant, id,
+                       err ? " (already stored)" : "");
+        answer(d, w->ex, LOYD_ROUTE_HOOKS, 200, NULL, "ok\n");
+    } else {
+        loyd_log_err(DB, "tenant=%s webhook not stored: %s", w->tenant, loyd_strerror(err));
+        answer(d, w->ex, LOYD_ROUTE_HOOKS, 503, NULL, "cannot store the webhook now\n");
+    }
+    free(w);
+}
+
+static void on_hook(struct loyd_daemon *d, struct loyd_http_exchange *ex,
+                    const struct loyd_http_request *req, const char *name, const char *secret)
+{
+    static const char *const allow_post[] = {"Allow: POST", "Content-Type: text/plain", NULL};
+    struct loyd_tenant *t;
+    json_t *notices = NULL;
+    char *notices_text = NULL;
+    int rc;
+
+    if (strcmp(req->method, "POST") != 0) {
+        answer(d, ex, LOYD_ROUTE_HOOKS, 405, allow_post, "webhooks are POSTed\n");
+        return;
+    }
+    t = tenant_find(d, name);
+    if (t == NULL || !t->cfg->enabled) {
+        answer(d, ex, LOYD_ROUTE_HOOKS, 404, NULL, "unknown tenant\n");
+        return;
+    }
+    if (d->draining) {
+        answer(d, ex, LOYD_ROUTE_HOOKS, 503, NULL, "shutting down\n");
+        return;
+    }
+    if (t->cfg->path_secret != NULL ? !loyd_ct_streq(secret, t->cfg->path_secret) : secret != NULL) {
+        d->metrics.webhooks_rejected++;
+        loyd_log_warn(HTTP, "tenant=%s webhook refused: wrong path secret from %s", name,
+                      req->remote_addr);
+        answer(d, ex, LOYD_ROUTE_HOOKS, 401, NULL, "unauthorized\n");
+        return;
+    }
+    if (t->ops->webhook_parse != NULL && t->state != NULL) {
+        char msg[256] = "";
+        struct loyd_errbuf eb = {msg, sizeof(msg)};
+        struct loyd_webhook wh = {.tenant = name, .path_secret = secret, .http = req};
+
+        rc = t->ops->webhook_parse(t->state, &wh, &notices, &eb);
+        if (rc == LOYD_EAUTH) {
+            d->metrics.webhooks_rejected++;
+            loyd_log_warn(HTTP, "tenant=%s webhook refused from %s: %s", name, req->remote_addr,
+                          msg[0] ? msg : "authentication failed");
+            answer(d, ex, LOYD_ROUTE_HOOKS, 401, NULL, "unauthorized\n");
+            return;
+        }
+        if (rc != 0) {
+            char body[300];
+            d->metrics.webhooks_rejected++;
+            snprintf(body, sizeof(body), "%s\n", msg[0] ? msg : loyd_strerror(rc));
+            loyd_log_info(HTTP, "tenant=%s webhook refused from %s: %s", name, req->remote_addr,
+                          msg[0] ? msg : loyd_strerror(rc));
+            answer(d, ex, LOYD_ROUTE_HOOKS, 400, NULL, body);
+            return;
+        }
+        notices_text = json_dumps(notices, JSON_COMPACT);
+        json_decref(notices);
+    }
+
+    /* A byte-identical delivery is the same webhook: its digest is the inbox key. */
+    uint8_t digest[LOYD_SHA256_LEN];
+    char key[2 * LOYD_SHA256_LEN + 1];
+    loyd_sha256(req->body, req->body_len, digest);
+    loyd_hex(digest, sizeof(digest), key);
+
+    struct hook_wait *w = loyd_xcalloc(1, sizeof(*w));
+    w->d = d;
+    w->ex = ex;
+    snprintf(w->tenant, sizeof(w->tenant), "%s", name);
+    struct loyd_inbox_row row = {
+        .tenant = name,
+        .idem_key = key,
+        .content_type = header_get(req, "Content-Type"),
+        .body = req->body,
+        .body_len = req->body_len,
+        .notices_json = notices_text,
+        .received_ms = loyd_host_now_ms(&d->host),
+    };
+    rc = loyd_store_inbox_append(d->store, &row, hook_stored, w);
+    free(notices_text);
+    if (rc != 0) {
+        loyd_log_err(DB, "tenant=%s webhook not queued: %s", name, loyd_strerror(rc));
+        answer(d, ex, LOYD_ROUTE_HOOKS, 503, NULL, "cannot store the webhook now\n");
+        free(w);
+    }
+}
+
+/* ---- /healthz, /metrics and routing ----------------------------------------------------- */
+
+static void on_metrics(struct loyd_daemon *d, struct loyd_http_exchange *ex)
+{
+    static const char *const prom[] = {"Content-Type: text/plain; version=0.0.4", NULL};
+    struct loyd_metrics_sample s = {.tenants = d->n_tenants};
+    struct loyd_http_client_stats cs;
+    struct loyd_httpd_stats hs;
+    struct loyd_buf out = {0};
+
+    if (loyd_store_depths(d->store, &s.inbox_pending, &s.outbox_pending, &s.dead_letters) != 0)
+        s.inbox_pending = s.outbox_pending = s.dead_letters = -1;
+    loyd_http_client_stats(d->client, &cs);
+    s.crm_ok = cs.ok_2xx, s.crm_4xx = cs.http_4xx, s.crm_5xx = cs.http_5xx;
+    s.crm_timeout = cs.timeouts, s.crm_too_big = cs.too_big;
+    s.crm_transport = cs.transport_errors, s.crm_cancelled = cs.cancelled;
+    loyd_httpd_stats(d->httpd, &hs);
+    s.http_open_connections = hs.open_connections;
+    s.http_rejected_busy = hs.rejected_busy;
+    s.http_timeouts = hs.timeouts;
+    /* Count this request before rendering so the answer includes itself. */
+    loyd_metrics_request(&d->metrics, LOYD_ROUTE_METRICS, 200);
+    loyd_metrics_render(&d->metrics, &s, &out);
+    loyd_httpd_respond(ex, 200, prom, out.data, out.len);
+    loyd_buf_free(&out);
+}
+
+static void on_request(void *arg, struct loyd_http_exchange *ex, const struct loyd_http_request *req)
+{
+    static const char *const allow_get[] = {"Allow: GET, HEAD", "Content-Type: text/plain", NULL};
+    struct loyd_daemon *d = arg;
+    const char *path = req->path;
+    bool get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+
+    if (strcmp(path, "/healthz") == 0) {
+        if (!get)
+            answer(d, ex, LOYD_ROUTE_HEALTHZ, 405, allow_get, "use GET\n");
+        else if (d->draining)
+            answer(d, ex, LOYD_ROUTE_HEALTHZ, 503, NULL, "draining\n");
+        else
+            answer(d, ex, LOYD_ROUTE_HEALTHZ, 200, NULL, "ok\n");
+        return;
+    }
+    if (strcmp(path, "/metrics") == 0) {
+        if (!get)
+            answer(d, ex, LOYD_ROUTE_METRICS, 405, allow_get, "use GET\n");
+        else
+            on_metrics(d, ex);
+        return;
+    }
+    if (strncmp(path, "/hooks/", 7) == 0) {
+        /* /hooks/<tenant> or /hooks/<tenant>/<path-secret>, nothing deeper. */
+        char name[65], secret[257];
+        const char *p = path + 7, *slash = strchr(p, '/');
+        size_t nlen = slash ? (size_t)(slash - p) : strlen(p);
+        const char *sec = slash ? slash + 1 : NULL;
+
+        if (nlen == 0 || nlen >= sizeof(name) || (sec != NULL && strchr(sec, '/') != NULL) ||
+            (sec != NULL && strlen(sec) >= sizeof(secret))) {
+            answer(d, ex, LOYD_ROUTE_HOOKS, 404, NULL, "no such webhook endpoint\n");
+            return;
+        }
+        memcpy(name, p, nlen);
+        name[nlen] = '\0';
+        if (sec != NULL && *sec != '\0')
+            snprintf(secret, sizeof(secret), "%s", sec);
+        on_hook(d, ex, req, name, sec != NULL && *sec != '\0' ? secret : NULL);
+        return;
+    }
+    answer(d, ex, LOYD_ROUTE_OTHER, 404, NULL, "not found\n");
+}
+
+/* ---- start-up, reload, shutdown ---------------------------------------------------------- */
+
+static int load_plugins(struct loyd_daemon *d, struct loyd_buf *err)
+{
+    size_t i;
+    json_t *p;
+
+    json_array_foreach(d->cfg->plugins, i, p) {
+        const char *name = json_string_value(json_object_get(p, "name"));
+        const char *path = json_string_value(json_object_get(p, "path"));
+        struct loyd_plugin_handle *h;
+        int rc = loyd_plugin_load(name, path, json_object_get(p, "config"), &loyd_host_api,
+                                  d->plugin_hctx, &h, err);
+        if (rc != 0)
+            return rc;
+        d->plugins = loyd_xrealloc(d->plugins, (d->n_plugins + 1) * sizeof(*d->plugins));
+        d->plugins[d->n_plugins++] = h;
+        loyd_log_info(PLUGIN, "loaded plugin %s %s%s%s", h->plugin->name, h->plugin->version,
+                      path ? " from " : " (built in)", path ? path : "");
+    }
+    return 0;
+}
+
+static void apply_limits(struct loyd_daemon *d, struct loyd_httpd_limits *lim)
+{
+    loyd_httpd_limits_default(lim);
+    lim->max_header_bytes = d->cfg->limits.max_header_bytes;
+    lim->max_body_bytes = d->cfg->limits.max_body_bytes;
+    lim->max_connections = d->cfg->limits.max_connections;
+    lim->idle_timeout_ms = d->cfg->limits.idle_timeout_ms;
+    lim->read_timeout_ms = d->cfg->limits.read_timeout_ms;
+}
+
+static void on_signal(uv_signal_t *sig, int signum)
+{
+    struct loyd_daemon *d = sig->data;
+    if (signum == SIGHUP) {
+        loyd_log_notice(CORE, "SIGHUP: reloading %s", d->config_path);
+        (void)loyd_daemon_reload(d);
+        return;
+    }
+    loyd_log_notice(CORE, "%s: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    loyd_daemon_stop(d);
+}
+
+int loyd_daemon_start(uv_loop_t *loop, const char *path, struct loyd_daemon **out)
+{
+    struct loyd_daemon *d = loyd_xcalloc(1, sizeof(*d));
+    struct loyd_tenant_config **tcs = NULL;
+    struct loyd_http_client_opts copts = {0};
+    struct loyd_httpd_limits lim;
+    struct loyd_buf err = {0};
+    size_t n = 0;
+    int rc;
+
+    *out = NULL;
+    d->loop = loop;
+    d->config_path = loyd_xstrdup(path);
+    if ((rc = loyd_config_load(path, &d->cfg, &err)) != 0)
+        goto fail_early;
+    loyd_log_set_level(d->cfg->log_level);
+    if ((rc = loyd_tenants_load_dir(d->cfg->tenants_dir, &tcs, &n, &err)) != 0)
+        goto fail_early;
+    if ((rc = loyd_store_open(loop, d->cfg->store, &d->store)) != 0) {
+        loyd_buf_printf(&err, "cannot open the store %s: %s", d->cfg->store, loyd_strerror(rc));
+        loyd_tenants_free(tcs, n);
+        goto fail_early;
+    }
+    copts.default_timeout_ms = d->cfg->client.timeout_ms;
+    copts.connect_timeout_ms = d->cfg->client.connect_timeout_ms;
+    copts.default_max_response = d->cfg->client.max_response_bytes;
+    copts.max_redirects = 3;
+    if ((rc = loyd_http_client_create(loop, &copts, &d->client)) != 0) {
+        loyd_tenants_free(tcs, n);
+        goto fail;
+    }
+    loyd_host_init(&d->host, loop, d->client, d->store);
+    d->plugin_hctx = loyd_host_ctx_create(&d->host, "core", NULL);
+    if ((rc = load_plugins(d, &err)) != 0) {
+        loyd_tenants_free(tcs, n);
+        goto fail;
+    }
+    if ((rc = tenants_open_take(d, tcs, n, &d->tenants, &err)) != 0)
+        goto fail;
+    d->n_tenants = n;
+    tenants_record(d);
+    apply_limits(d, &lim);
+    if ((rc = loyd_httpd_create(loop, &lim, on_request, d, &d->httpd)) != 0)
+        goto fail;
+    if ((rc = loyd_httpd_listen(d->httpd, d->cfg->listen_host, d->cfg->listen_port, &d->port)) != 0) {
+        loyd_buf_printf(&err, "cannot listen on %s:%d: %s", d->cfg->listen_host,
+                        d->cfg->listen_port, loyd_strerror(rc));
+        goto fail;
+    }
+    uv_signal_init(loop, &d->sigterm);
+    uv_signal_init(loop, &d->sigint);
+    uv_signal_init(loop, &d->sighup);
+    d->sigterm.data = d->sigint.data = d->sighup.data = d;
+    uv_signal_start(&d->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&d->sigint, on_signal, SIGINT);
+    uv_signal_start(&d->sighup, on_signal, SIGHUP);
+    uv_timer_init(loop, &d->drain_timer);
+    uv_timer_init(loop, &d->deadline_timer);
+    d->drain_timer.data = d->deadline_timer.data = d;
+    loyd_log_notice(HTTP, "listening on %s:%d (%zu tenants)", d->cfg->listen_host, d->port,
+                    d->n_tenants);
+    *out = d;
+    return 0;
+
+fail_early:
+    log_lines(LOYD_LOG_ERR, LOYD_LOG_CONFIG, "", err.data);
+    loyd_buf_free(&err);
+    loyd_config_free(d->cfg);
+    free(d->config_path);
+    free(d);
+    return rc;
+fail:
+    /* Resources exist that close asynchronously: hand them to the regular shutdown path. */
+    log_lines(LOYD_LOG_ERR, LOYD_LOG_CORE, "", err.data);
+    loyd_buf_free(&err);
+    d->exit_code = rc == LOYD_ECONFIG ? 2 : 1;
+    loyd_daemon_stop(d);
+    *out = d;
+    return rc;
+}
+
+int loyd_daemon_reload(struct loyd_daemon *d)
+{
+    struct loyd_config *nc = NULL;
+    struct loyd_tenant_config **tcs = NULL;
+    struct loyd_tenant **ts = NULL;
+    struct loyd_httpd_limits lim;
+    struct loyd_buf err = {0};
+    size_t n = 0;
+    int rc;
+
+    if (d->draining)
+        return -ECANCELED;
+    if ((rc = loyd_config_load(d->config_path, &nc, &err)) != 0 ||
+        (rc = loyd_tenants_load_dir(nc->tenants_dir, &tcs, &n, &err)) != 0 ||
+        (rc = tenants_open_take(d, tcs, n, &ts, &err)) != 0) {
+        log_lines(LOYD_LOG_ERR, LOYD_LOG_CONFIG, "reload refused, the running config stays: ",
+                  err.data);
+        loyd_buf_free(&err);
+        loyd_config_free(nc);
+        return rc;
+    }
+    if (strcmp(nc->listen_host, d->cfg->listen_host) != 0 || nc->listen_port != d->cfg->listen_port)
+        loyd_log_warn(CONFIG, "listen changed: takes effect at the next restart");
+    if (strcmp(nc->store, d->cfg->store) != 0)
+        loyd_log_warn(CONFIG, "store changed: takes effect at the next restart");
+    if (!json_equal(nc->plugins, d->cfg->plugins))
+        loyd_log_warn(CONFIG, "plugins changed: take effect at the next restart");
+    tenants_free(d->tenants, d->n_tenants);
+    d->tenants = ts;
+    d->n_tenants = n;
+    loyd_config_free(d->cfg);
+    d->cfg = nc;
+    loyd_log_set_level(nc->log_level);
+    apply_limits(d, &lim);
+    loyd_httpd_set_limits(d->httpd, &lim);
+    tenants_record(d);
+    loyd_log_notice(CONFIG, "reloaded %s (%zu tenants)", d->config_path, n);
+    return 0;
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    struct loyd_daemon *d = h->data;
+    if (--d->closing == 0)
+        d->stopped = true;
+}
+
+static void close_handle(struct loyd_daemon *d, uv_handle_t *h)
+{
+    if (h->loop == NULL || uv_is_closing(h))
+        return;
+    h->data = d;
+    d->closing++;
+    uv_close(h, handle_closed);
+}
+
+static void httpd_closed(void *arg)
+{
+    struct loyd_daemon *d = arg;
+    close_handle(d, (uv_handle_t *)&d->sigterm);
+    close_handle(d, (uv_handle_t *)&d->sigint);
+    close_handle(d, (uv_handle_t *)&d->sighup);
+    close_handle(d, (uv_handle_t *)&d->drain_timer);
+    close_handle(d, (uv_handle_t *)&d->deadline_timer);
+}
+
+static void store_closed(void *arg)
+{
+    struct loyd_daemon *d = arg;
+    loyd_log_info(CORE, "store flushed and closed");
+    if (d->httpd != NULL)
+        loyd_httpd_close(d->httpd, httpd_closed, d);
+    else
+        httpd_closed(d);
+}
+
+static void host_closed(void *arg)
+{
+    struct loyd_daemon *d = arg;
+
+    /* Nothing can call into connectors or plugins any more: release them. */
+    tenants_free(d->tenants, d->n_tenants);
+    d->tenants = NULL;
+    d->n_tenants = 0;
+    for (size_t i = 0; i < d->n_plugins; i++)
+        loyd_plugin_unload(d->plugins[i]);
+    free(d->plugins);
+    d->plugins = NULL;
+    d->n_plugins = 0;
+    if (d->store != NULL)
+        loyd_store_close(d->store, store_closed, d);
+    else
+        store_closed(d);
+}
+
+static void client_closed(void *arg)
+{
+    struct loyd_daemon *d = arg;
+    loyd_host_close(&d->host, host_closed, d);
+}
+
+static void drain_poll(uv_timer_t *t)
+{
+    struct loyd_daemon *d = t->data;
+
+    /* Webhooks still waiting for their inbox commit are answered before anything closes. */
+    if (d->httpd != NULL && loyd_httpd_pending(d->httpd) > 0)
+        return;
+    uv_timer_stop(t);
+    loyd_log_info(CORE, "drained; closing");
+    if (d->client != NULL)
+        loyd_http_client_close(d->client, client_closed, d);
+    else
+        client_closed(d);
+}
+
+static void walk_print(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    loyd_log_err(CORE, "still open: %s handle%s", uv_handle_type_name(uv_handle_get_type(h)),
+                 uv_is_closing(h) ? " (closing)" : "");
+}
+
+static void deadline_hit(uv_timer_t *t)
+{
+    struct loyd_daemon *d = t->data;
+    loyd_log_err(CORE, "shutdown did not finish within %" PRIu64 " ms",
+                 d->cfg->shutdown_timeout_ms);
+    uv_walk(d->loop, walk_print, NULL);
+    d->exit_code = 1;
+    uv_stop(d->loop);
+}
+
+void loyd_daemon_stop(struct loyd_daemon *d)
+{
+    if (d->draining)
+        return;
+    d->draining = true;
+    if (d->httpd != NULL)
+        loyd_httpd_stop_accepting(d->httpd);
+    if (d->drain_timer.loop == NULL) {
+        /* Start-up failed before the timers existed. */
+        uv_timer_init(d->loop, &d->drain_timer);
+        uv_timer_init(d->loop, &d->deadline_timer);
+        d->drain_timer.data = d->deadline_timer.data = d;
+    }
+    uv_timer_start(&d->drain_timer, drain_poll, 0, 10);
+    uv_timer_start(&d->deadline_timer, deadline_hit, d->cfg->shutdown_timeout_ms, 0);
+    uv_unref((uv_handle_t *)&d->deadline_timer);
+}
+
+int loyd_daemon_destroy(struct loyd_daemon *d)
+{
+    int code = d->exit_code;
+
+    if (d->httpd != NULL)
+        loyd_httpd_destroy(d->httpd);
+    if (d->client != NULL)
+        loyd_http_client_destroy(d->client);
+    if (d->store != NULL)
+        loyd_store_destroy(d->store);
+    loyd_host_ctx_destroy(d->plugin_hctx);
+    loyd_config_free(d->cfg);
+    free(d->config_path);
+    free(d);
+    return code;
+}
+
+int loyd_daemon_run(const char *path)
+{
+    uv_loop_t loop;
+    struct loyd_daemon *d = NULL;
+    int rc, code;
+
+    signal(SIGPIPE, SIG_IGN);
+    if ((rc = uv_loop_init(&loop)) != 0) {
+        loyd_log_err(CORE, "uv_loop_init: %s", uv_strerror(rc));
+        return 1;
+    }
+    rc = loyd_daemon_start(&loop, path, &d);
+    if (d == NULL) {
+        uv_loop_close(&loop);
+        return rc == LOYD_ECONFIG ? 2 : 1;
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    bool clean = d->stopped;
+    code = loyd_daemon_destroy(d);
+    if ((rc = uv_loop_close(&loop)) != 0) {
+        uv_walk(&loop, walk_print, NULL);
+        loyd_log_err(CORE, "event loop did not close: %s", uv_strerror(rc));
+        return 1;
+    }
+    if (code == 0 && clean)
+        loyd_log_notice(CORE, "stopped cleanly");
+    return code != 0 ? code : (clean ? 0 : 1);
+}

@@ -1,0 +1,224 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * End to end: the real `loyd serve` binary on an OS-chosen loopback port, in a temporary
+ * directory.  Covers health and metrics, routing answers, path secrets, durable intake across
+ * SIGKILL, config typos, SIGHUP reload (bad and good) and the SIGTERM drain.
+ */
+#include <check.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "e2e.h"
+
+static const char DAEMON_CONF[] = "listen = \"127.0.0.1:0\"\n"
+                                  "store = \"loyd.db\"\n"
+                                  "tenants = \"tenants.d\"\n"
+                                  "log_level = \"debug\"\n";
+
+static const char TENANT_CONF[] = "connector = \"bitrix24\"\n"
+                                  "pack = \"retail\"\n";
+
+/* A documented ONCRMDEALUPDATE delivery, form-encoded as Bitrix24 sends it. */
+static const char HOOK_BODY[] =
+    "event=ONCRMDEALUPDATE&event_handler_id=201&data%5BFIELDS%5D%5BID%5D=759&ts=1736405807"
+    "&auth%5Bdomain%5D=some-domain.bitrix24.com&auth%5Bmember_id%5D=a223c6b3710f85df22e9377d6c4f7553"
+    "&auth%5Bapplication_token%5D=51856fefc120afa4b628cc82d3935cce";
+
+static const char FORM[] = "Content-Type: application/x-www-form-urlencoded\r\n";
+
+static char *dir;
+static struct loyd_proc proc;
+
+static void setup(void)
+{
+    dir = loyd_e2e_tmpdir();
+    loyd_e2e_write(dir, "loyd.conf", DAEMON_CONF);
+    loyd_e2e_write(dir, "tenants.d/acme.conf", TENANT_CONF);
+    memset(&proc, 0, sizeof(proc));
+}
+
+static void teardown(void)
+{
+    if (proc.pid > 0) {
+        kill(proc.pid, SIGKILL);
+        loyd_e2e_wait_exit(&proc, 5000);
+    }
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    free(dir);
+}
+
+static int start(void)
+{
+    const char *argv[] = {"serve", "-c", "loyd.conf", NULL};
+    loyd_e2e_spawn(&proc, dir, argv);
+    int port = loyd_e2e_wait_port(&proc, 10000);
+    if (port < 0) {
+        char *log = loyd_e2e_log(&proc);
+        ck_abort_msg("loyd did not start:\n%s", log);
+    }
+    return port;
+}
+
+static long inbox_rows(const char *body)
+{
+    char path[600];
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    long n = -1;
+
+    snprintf(path, sizeof(path), "%s/loyd.db", dir);
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT count(*) FROM inbox WHERE tenant = 'acme' "
+                                            "AND body = ?", -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_blob(st, 1, body, (int)strlen(body), SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+START_TEST(test_health_metrics_routes)
+{
+    int port = start();
+    char *body;
+
+    ck_assert_int_eq(loyd_e2e_http(port, "GET", "/healthz", NULL, NULL, 0, &body), 200);
+    ck_assert_str_eq(body, "ok\n");
+    free(body);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/healthz", NULL, "x", 1, NULL), 405);
+    ck_assert_int_eq(loyd_e2e_http(port, "GET", "/nope", NULL, NULL, 0, NULL), 404);
+    ck_assert_int_eq(loyd_e2e_http(port, "GET", "/hooks/acme", NULL, NULL, 0, NULL), 405);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/ghost", FORM, "a=1", 3, NULL), 404);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme/a/b", FORM, "a=1", 3, NULL), 404);
+    ck_assert_int_eq(loyd_e2e_http(port, "GET", "/metrics", NULL, NULL, 0, &body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "loyd_http_requests_total{route=\"healthz\",status=\"200\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(body, "loyd_http_requests_total{route=\"hooks\",status=\"404\"} 2\n"));
+    ck_assert_ptr_nonnull(strstr(body, "loyd_inbox_depth 0\n"));
+    ck_assert_ptr_nonnull(strstr(body, "loyd_crm_calls_total{outcome=\"ok\"} 0\n"));
+    free(body);
+}
+END_TEST
+
+START_TEST(test_webhook_survives_sigkill)
+{
+    int port = start();
+
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme", FORM, HOOK_BODY,
+                                   strlen(HOOK_BODY), NULL), 200);
+    /* Killed the instant after the 200: the row must already be on disk. */
+    kill(proc.pid, SIGKILL);
+    ck_assert_int_eq(loyd_e2e_wait_exit(&proc, 5000), 128 + SIGKILL);
+    ck_assert_int_eq(inbox_rows(HOOK_BODY), 1);
+
+    port = start();
+    char *body;
+    ck_assert_int_eq(loyd_e2e_http(port, "GET", "/metrics", NULL, NULL, 0, &body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "loyd_inbox_depth 1\n"));
+    free(body);
+    /* The same delivery again is acknowledged and not stored twice. */
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme", FORM, HOOK_BODY,
+                                   strlen(HOOK_BODY), NULL), 200);
+    kill(proc.pid, SIGKILL);
+    loyd_e2e_wait_exit(&proc, 5000);
+    ck_assert_int_eq(inbox_rows(HOOK_BODY), 1);
+}
+END_TEST
+
+START_TEST(test_path_secret)
+{
+    loyd_e2e_write(dir, "tenants.d/acme.conf",
+                   "connector = \"bitrix24\"\npack = \"retail\"\npath_secret = \"s3cr3t-path\"\n");
+    int port = start();
+
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme", FORM, "a=1", 3, NULL), 401);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme/s3cr3t-patH", FORM, "a=1", 3, NULL), 401);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme/s3cr3t-path", FORM, "a=1", 3, NULL), 200);
+    char *log = loyd_e2e_log(&proc);
+    ck_assert_ptr_null(strstr(log, "s3cr3t"));
+    free(log);
+}
+END_TEST
+
+START_TEST(test_config_typo_refuses_to_start)
+{
+    loyd_e2e_write(dir, "loyd.conf", "listne = \"127.0.0.1:0\"\nstore = \"loyd.db\"\n");
+    const char *argv[] = {"serve", "-c", "loyd.conf", NULL};
+    loyd_e2e_spawn(&proc, dir, argv);
+    int code = loyd_e2e_wait_exit(&proc, 10000);
+    char *log = loyd_e2e_log(&proc);
+    ck_assert_msg(code == 2, "exit %d, log:\n%s", code, log);
+    ck_assert_msg(strstr(log, "loyd.conf") && strstr(log, "listne") && strstr(log, "'listen'"),
+                  "log does not name file, key and suggestion:\n%s", log);
+    free(log);
+}
+END_TEST
+
+START_TEST(test_sighup_reload)
+{
+    int port = start();
+
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/beta", FORM, "a=1", 3, NULL), 404);
+    /* A broken config is refused and the old one keeps serving. */
+    loyd_e2e_write(dir, "loyd.conf", "listen = \"127.0.0.1:0\"\nstorre = \"x.db\"\n");
+    kill(proc.pid, SIGHUP);
+    char *log = NULL;
+    for (int i = 0; i < 200; i++) {
+        free(log);
+        log = loyd_e2e_log(&proc);
+        if (strstr(log, "reload refused"))
+            break;
+        usleep(20000);
+    }
+    ck_assert_msg(strstr(log, "reload refused") && strstr(log, "storre"), "log:\n%s", log);
+    free(log);
+    ck_assert_int_eq(loyd_e2e_http(port, "GET", "/healthz", NULL, NULL, 0, NULL), 200);
+    /* A good one with a new tenant takes effect. */
+    loyd_e2e_write(dir, "loyd.conf", DAEMON_CONF);
+    loyd_e2e_write(dir, "tenants.d/beta.conf", TENANT_CONF);
+    kill(proc.pid, SIGHUP);
+    int status = 404;
+    for (int i = 0; i < 200 && status == 404; i++) {
+        usleep(20000);
+        status = loyd_e2e_http(port, "POST", "/hooks/beta", FORM, "a=2", 3, NULL);
+    }
+    ck_assert_int_eq(status, 200);
+}
+END_TEST
+
+START_TEST(test_sigterm_drains_cleanly)
+{
+    int port = start();
+
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme", FORM, HOOK_BODY,
+                                   strlen(HOOK_BODY), NULL), 200);
+    kill(proc.pid, SIGTERM);
+    int code = loyd_e2e_wait_exit(&proc, 10000);
+    char *log = loyd_e2e_log(&proc);
+    ck_assert_msg(code == 0 && strstr(log, "stopped cleanly"), "exit %d, log:\n%s", code, log);
+    free(log);
+    ck_assert_int_eq(inbox_rows(HOOK_BODY), 1);
+}
+END_TEST
+
+Suite *e2e_serve_suite(void)
+{
+    Suite *s = suite_create("e2e_serve");
+    TCase *tc = tcase_create("serve");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_health_metrics_routes);
+    tcase_add_test(tc, test_webhook_survives_sigkill);
+    tcase_add_test(tc, test_path_secret);
+    tcase_add_test(tc, test_config_typo_refuses_to_start);
+    tcase_add_test(tc, test_sighup_reload);
+    tcase_add_test(tc, test_sigterm_drains_cleanly);
+    suite_add_tcase(s, tc);
+    return s;
+}
