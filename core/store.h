@@ -59,12 +59,12 @@ void loyd_store_destroy(struct loyd_store *s);
 
 /** Counters of the writer, for tests and /metrics.  All since open. */
 struct loyd_store_stats {
-    uint64_t commits;     /* transactions committed by the writer */
-    uint64_t batches;     /* transactions attempted (commits + failed) */
-    uint64_t ops;         /* write operations executed */
-    uint64_t ops_failed;  /* of which completed with an error other than LOYD_EDUP */
-    uint64_t max_batch;   /* most operations grouped into one transaction */
-    uint64_t queued;      /* operations waiting for the next transaction now */
+    uint64_t commits;    /* transactions committed by the writer */
+    uint64_t batches;    /* transactions attempted (commits + failed) */
+    uint64_t ops;        /* write operations executed */
+    uint64_t ops_failed; /* of which completed with an error other than LOYD_EDUP */
+    uint64_t max_batch;  /* most operations grouped into one transaction */
+    uint64_t queued;     /* operations waiting for the next transaction now */
 };
 void loyd_store_stats(struct loyd_store *s, struct loyd_store_stats *out);
 
@@ -156,12 +156,12 @@ struct loyd_outbox_item {
 };
 
 struct loyd_apply {
-    const char *tenant;     /* required */
-    const char *event_key;  /* required; unique per tenant */
-    const char *event_type; /* required */
-    const char *event_json; /* JSON text or NULL */
-    int64_t inbox_id;       /* 0 when the event came from the scheduler */
-    const char *member_id;  /* NULL: no member row upsert */
+    const char *tenant;      /* required */
+    const char *event_key;   /* required; unique per tenant */
+    const char *event_type;  /* required */
+    const char *event_json;  /* JSON text or NULL */
+    int64_t inbox_id;        /* 0 when the event came from the scheduler */
+    const char *member_id;   /* NULL: no member row upsert */
     const char *member_json; /* new profile JSON; NULL keeps the stored one (row created as {}) */
     const struct loyd_ledger_entry *ledger;
     size_t n_ledger;
@@ -262,8 +262,8 @@ struct loyd_store_backend {
     void (*destroy)(struct loyd_store *s);
     void (*stats)(struct loyd_store *s, struct loyd_store_stats *out);
 
-    int (*inbox_append)(struct loyd_store *s, const struct loyd_inbox_row *row,
-                        loyd_store_id_cb cb, void *arg);
+    int (*inbox_append)(struct loyd_store *s, const struct loyd_inbox_row *row, loyd_store_id_cb cb,
+                        void *arg);
     int (*inbox_pending)(struct loyd_store *s, const char *tenant, size_t max, json_t **out);
     int (*inbox_get)(struct loyd_store *s, int64_t id, json_t **out);
     int (*inbox_finish)(struct loyd_store *s, int64_t id, const char *status, const char *error,
@@ -272,25 +272,21 @@ struct loyd_store_backend {
     int (*kv_get)(struct loyd_store *s, const char *tenant, const char *key, char **out);
     int (*kv_put)(struct loyd_store *s, const char *tenant, const char *key, const char *value,
                   loyd_store_cb cb, void *arg);
-    int (*dead_letter)(struct loyd_store *s, const char *tenant, const char *kind,
-                       const char *ref, const char *payload, const char *error, loyd_store_cb cb,
-                       void *arg);
+    int (*dead_letter)(struct loyd_store *s, const char *tenant, const char *kind, const char *ref,
+                       const char *payload, const char *error, loyd_store_cb cb, void *arg);
     int (*apply)(struct loyd_store *s, const struct loyd_apply *a, loyd_store_cb cb, void *arg);
     int (*member_get)(struct loyd_store *s, const char *tenant, const char *member_id,
                       json_t **out);
     int (*ledger_list)(struct loyd_store *s, const char *tenant, const char *member_id,
                        json_t **out);
     int (*ledger_by_ref)(struct loyd_store *s, const char *tenant, const char *ref, json_t **out);
-    int (*lots_open)(struct loyd_store *s, const char *tenant, const char *member_id,
-                     json_t **out);
-    int (*balance)(struct loyd_store *s, const char *tenant, const char *member_id,
-                   int64_t *out);
-    int (*event_get)(struct loyd_store *s, const char *tenant, const char *event_key,
-                     json_t **out);
+    int (*lots_open)(struct loyd_store *s, const char *tenant, const char *member_id, json_t **out);
+    int (*balance)(struct loyd_store *s, const char *tenant, const char *member_id, int64_t *out);
+    int (*event_get)(struct loyd_store *s, const char *tenant, const char *event_key, json_t **out);
     int (*outbox_pending)(struct loyd_store *s, const char *tenant, uint64_t now_ms, size_t max,
                           json_t **out);
-    int (*outbox_finish)(struct loyd_store *s, int64_t id, const char *status,
-                         uint64_t retry_at_ms, const char *error, loyd_store_cb cb, void *arg);
+    int (*outbox_finish)(struct loyd_store *s, int64_t id, const char *status, uint64_t retry_at_ms,
+                         const char *error, loyd_store_cb cb, void *arg);
     int (*depths)(struct loyd_store *s, int64_t *inbox_pending, int64_t *outbox_pending,
                   int64_t *dead_letters);
 };
@@ -306,7 +302,6 @@ extern const struct loyd_store_backend loyd_store_backend_sqlite;
  * schema (to prove that a later "-- migration N" section applies on top of an existing file).
  */
 LOYD_MUST_CHECK int loyd__store_sqlite_open_schema(uv_loop_t *loop, const char *path,
-                                                   const char *schema_sql,
-                                                   struct loyd_store **out);
+                                                   const char *schema_sql, struct loyd_store **out);
 
 #endif

@@ -51,7 +51,15 @@ extern const char loyd_db_schema_sql[];
 
 /* ---- Write operations ---------------------------------------------------------------------- */
 
-enum op_kind { OP_APPEND, OP_INBOX_FINISH, OP_TENANT, OP_KV_PUT, OP_DEAD, OP_APPLY, OP_OUTBOX_FINISH };
+enum op_kind {
+    OP_APPEND,
+    OP_INBOX_FINISH,
+    OP_TENANT,
+    OP_KV_PUT,
+    OP_DEAD,
+    OP_APPLY,
+    OP_OUTBOX_FINISH
+};
 
 /* Copies of the caller's strings live in chunks owned by the op (freed with it). */
 struct chunk {
@@ -70,8 +78,8 @@ struct op {
     int64_t id;      /* inbox id for appends, set by the writer */
     uint64_t now_ms; /* wall clock at submission: stamps created/updated columns */
     struct chunk *mem;
-    void *body;      /* inbox body copy: size from outside, so allocated fallibly */
-    size_t bytes;    /* size of the copies, for the batch cap */
+    void *body;   /* inbox body copy: size from outside, so allocated fallibly */
+    size_t bytes; /* size of the copies, for the batch cap */
     union {
         struct {
             const char *tenant, *idem_key, *content_type, *notices;
@@ -85,7 +93,7 @@ struct op {
         } finish; /* inbox and outbox */
         struct {
             const char *tenant, *key, *value;
-        } kv;     /* also OP_TENANT (tenant only) */
+        } kv; /* also OP_TENANT (tenant only) */
         struct {
             const char *tenant, *kind, *ref, *payload, *error;
         } dead;
@@ -225,24 +233,25 @@ static const char *const wsql[W_COUNT] = {
     [W_OUTBOX_INSERT] = "INSERT INTO outbox (tenant, member_id, event_key, payload, "
                         "next_attempt_ms, created_ms, updated_ms) "
                         "VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
-    [W_OUTBOX_FINISH] = "UPDATE outbox SET status = CASE WHEN ?2 = 'retry' THEN status ELSE ?2 END, "
-                        "attempts = attempts + 1, "
-                        "next_attempt_ms = CASE WHEN ?2 = 'retry' THEN ?3 ELSE next_attempt_ms END, "
-                        "error = ?4, updated_ms = ?5 "
-                        "WHERE id = ?1 AND status = 'pending' RETURNING id",
+    [W_OUTBOX_FINISH] =
+        "UPDATE outbox SET status = CASE WHEN ?2 = 'retry' THEN status ELSE ?2 END, "
+        "attempts = attempts + 1, "
+        "next_attempt_ms = CASE WHEN ?2 = 'retry' THEN ?3 ELSE next_attempt_ms END, "
+        "error = ?4, updated_ms = ?5 "
+        "WHERE id = ?1 AND status = 'pending' RETURNING id",
     [W_OUTBOX_EXISTS] = "SELECT id FROM outbox WHERE id = ?1",
     [W_OUTBOX_DEAD] = "INSERT INTO dead_letters (tenant, kind, ref, payload, error, created_ms) "
                       "SELECT tenant, 'outbox', CAST(id AS TEXT), payload, ?2, ?3 FROM outbox "
                       "WHERE id = ?1",
 };
 
-#define LEDGER_COLS                                                                            \
-    "id, member_id, event_key, kind, points, reason, expires_ms, lot_id, ref, created_ms, "     \
+#define LEDGER_COLS                                                                                \
+    "id, member_id, event_key, kind, points, reason, expires_ms, lot_id, ref, created_ms, "        \
     "pack_version"
-#define OUTBOX_SELECT                                                                          \
-    "SELECT o.id, o.tenant, o.member_id, o.event_key, o.payload, o.attempts, o.next_attempt_ms, " \
-    "o.created_ms FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_ms <= ?1 "      \
-    "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "                      \
+#define OUTBOX_SELECT                                                                              \
+    "SELECT o.id, o.tenant, o.member_id, o.event_key, o.payload, o.attempts, o.next_attempt_ms, "  \
+    "o.created_ms FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_ms <= ?1 "           \
+    "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "                           \
     "AND p.tenant = o.tenant AND p.member_id = o.member_id AND p.id < o.id) "
 
 /* Reader statements, prepared on first use on the reader connection (loop thread). */
@@ -282,7 +291,8 @@ static const char *const rsql[R_COUNT] = {
                "WHERE d.lot_id = l.id), 0) AS remaining FROM ledger l "
                "WHERE tenant = ?1 AND member_id = ?2 AND lot_id IS NULL AND points > 0 "
                "AND remaining > 0 ORDER BY expires_ms IS NULL, expires_ms, id",
-    [R_BALANCE] = "SELECT COALESCE(SUM(points), 0) FROM ledger WHERE tenant = ?1 AND member_id = ?2",
+    [R_BALANCE] =
+        "SELECT COALESCE(SUM(points), 0) FROM ledger WHERE tenant = ?1 AND member_id = ?2",
     [R_EVENT] = "SELECT tenant, event_key, type, inbox_id, json, trace, pack_version, applied_ms "
                 "FROM events WHERE tenant = ?1 AND event_key = ?2",
     [R_OUTBOX_PENDING] = OUTBOX_SELECT "ORDER BY o.id LIMIT ?2",
@@ -299,8 +309,8 @@ struct sq_store {
     struct loyd_store base; /* first: the front end hands us &base */
     uv_loop_t *loop;
     char *path;
-    sqlite3 *wdb;           /* writer: touched only by the writer job once open returned */
-    sqlite3 *rdb;           /* reader: loop thread */
+    sqlite3 *wdb; /* writer: touched only by the writer job once open returned */
+    sqlite3 *rdb; /* reader: loop thread */
     sqlite3_stmt *wst[W_COUNT];
     sqlite3_stmt *rst[R_COUNT];
 
@@ -308,8 +318,8 @@ struct sq_store {
     struct op *q_head, **q_tail;
     size_t q_len;
     enum sq_state state;
-    bool in_flight;     /* a job is queued or running: s->work, s->batch belong to it */
-    bool in_callbacks;  /* completing a batch: destroy() from a callback is a bug */
+    bool in_flight;    /* a job is queued or running: s->work, s->batch belong to it */
+    bool in_callbacks; /* completing a batch: destroy() from a callback is a bug */
     void (*close_cb)(void *arg);
     void *close_arg;
     struct loyd_store_stats stats;
@@ -532,8 +542,9 @@ static int migrate(sqlite3 *db, const char *path, const char *schema)
         goto out;
     long have = strtol(buf, NULL, 10);
     if (have < 0 || have > (long)nsecs) {
-        loyd_log_err(DB, "%s: schema version %ld is newer than this loyd knows (%zu); refusing to "
-                         "open it",
+        loyd_log_err(DB,
+                     "%s: schema version %ld is newer than this loyd knows (%zu); refusing to "
+                     "open it",
                      path, have, nsecs);
         err = LOYD_EDB;
         goto out;
@@ -858,8 +869,9 @@ static int w_apply(struct sq_store *s, struct op *op)
             bind_text(st, 2, a->tenant);
             bind_text(st, 3, member);
             if ((err = st_int(s->wdb, st, &id)) == -ENOENT) {
-                loyd_log_warn(DB, "apply %s: ledger row %zu draws on lot %" PRId64
-                                  ", which is not a lot of that member",
+                loyd_log_warn(DB,
+                              "apply %s: ledger row %zu draws on lot %" PRId64
+                              ", which is not a lot of that member",
                               a->event_key, i, e->lot_id);
                 return -EINVAL;
             }
@@ -1025,7 +1037,8 @@ static void writer_kick(struct sq_store *s)
     if (s->q_head != NULL) {
         struct op *last = NULL, *op = s->q_head;
         size_t n = 0, bytes = 0;
-        while (op != NULL && n < BATCH_MAX_OPS && (n == 0 || bytes + op->bytes <= BATCH_MAX_BYTES)) {
+        while (op != NULL && n < BATCH_MAX_OPS &&
+               (n == 0 || bytes + op->bytes <= BATCH_MAX_BYTES)) {
             bytes += op->bytes;
             n++;
             last = op;
@@ -1185,8 +1198,8 @@ static int sq_kv_put(struct loyd_store *base, const char *tenant, const char *ke
 }
 
 static int sq_dead_letter(struct loyd_store *base, const char *tenant, const char *kind,
-                          const char *ref, const char *payload, const char *error,
-                          loyd_store_cb cb, void *arg)
+                          const char *ref, const char *payload, const char *error, loyd_store_cb cb,
+                          void *arg)
 {
     struct op *op = op_new(OP_DEAD);
     op->cb = cb;
@@ -1251,27 +1264,30 @@ struct col {
 };
 
 static const struct col inbox_cols[] = {
-    {"id", C_INT},         {"tenant", C_TEXT},     {"idem_key", C_TEXT}, {"content_type", C_TEXT},
-    {"body", C_BYTES},     {"notices", C_JSON},    {"received_ms", C_INT}, {"attempts", C_INT},
-    {"status", C_TEXT},    {"error", C_TEXT},
+    {"id", C_INT},      {"tenant", C_TEXT},  {"idem_key", C_TEXT},   {"content_type", C_TEXT},
+    {"body", C_BYTES},  {"notices", C_JSON}, {"received_ms", C_INT}, {"attempts", C_INT},
+    {"status", C_TEXT}, {"error", C_TEXT},
 };
 #define INBOX_PENDING_COLS 8
 static const struct col ledger_cols[] = {
-    {"id", C_INT},         {"member_id", C_TEXT}, {"event_key", C_TEXT},  {"kind", C_TEXT},
-    {"points", C_INT},     {"reason", C_TEXT},    {"expires_ms", C_INT},  {"lot_id", C_INT},
-    {"ref", C_TEXT},       {"created_ms", C_INT}, {"pack_version", C_TEXT}, {"remaining", C_INT},
+    {"id", C_INT},     {"member_id", C_TEXT}, {"event_key", C_TEXT},    {"kind", C_TEXT},
+    {"points", C_INT}, {"reason", C_TEXT},    {"expires_ms", C_INT},    {"lot_id", C_INT},
+    {"ref", C_TEXT},   {"created_ms", C_INT}, {"pack_version", C_TEXT}, {"remaining", C_INT},
 };
 #define LEDGER_ROW_COLS 11
 static const struct col member_cols[] = {
-    {"tenant", C_TEXT}, {"member_id", C_TEXT}, {"profile", C_JSON}, {"updated_ms", C_INT},
+    {"tenant", C_TEXT},
+    {"member_id", C_TEXT},
+    {"profile", C_JSON},
+    {"updated_ms", C_INT},
 };
 static const struct col event_cols[] = {
     {"tenant", C_TEXT}, {"event_key", C_TEXT}, {"type", C_TEXT},         {"inbox_id", C_INT},
     {"event", C_JSON},  {"trace", C_JSON},     {"pack_version", C_TEXT}, {"applied_ms", C_INT},
 };
 static const struct col outbox_cols[] = {
-    {"id", C_INT},       {"tenant", C_TEXT},   {"member_id", C_TEXT},       {"event_key", C_TEXT},
-    {"payload", C_JSON}, {"attempts", C_INT},  {"next_attempt_ms", C_INT}, {"created_ms", C_INT},
+    {"id", C_INT},       {"tenant", C_TEXT},  {"member_id", C_TEXT},      {"event_key", C_TEXT},
+    {"payload", C_JSON}, {"attempts", C_INT}, {"next_attempt_ms", C_INT}, {"created_ms", C_INT},
 };
 
 static json_t *col_value(sqlite3_stmt *st, int i, enum col_type type)
@@ -1281,8 +1297,8 @@ static json_t *col_value(sqlite3_stmt *st, int i, enum col_type type)
     if (type == C_INT)
         return json_integer(sqlite3_column_int64(st, i));
 
-    const char *p = type == C_BYTES ? sqlite3_column_blob(st, i)
-                                    : (const char *)sqlite3_column_text(st, i);
+    const char *p =
+        type == C_BYTES ? sqlite3_column_blob(st, i) : (const char *)sqlite3_column_text(st, i);
     size_t n = (size_t)sqlite3_column_bytes(st, i);
     if (p == NULL)
         p = "";
@@ -1572,8 +1588,9 @@ int loyd_store_open(uv_loop_t *loop, const char *url, struct loyd_store **out)
             continue;
         if (store_schemes[i].be == NULL) {
             /* The URL may carry a password: name only the scheme. */
-            loyd_log_err(DB, "store URL %.*s...: the PostgreSQL backend is not available in this "
-                             "build; use sqlite:PATH",
+            loyd_log_err(DB,
+                         "store URL %.*s...: the PostgreSQL backend is not available in this "
+                         "build; use sqlite:PATH",
                          (int)n, url);
             return -ENOTSUP;
         }
@@ -1636,8 +1653,8 @@ int loyd_store_inbox_get(struct loyd_store *s, int64_t id, json_t **out)
     return s->be->inbox_get(s, id, out);
 }
 
-int loyd_store_inbox_finish(struct loyd_store *s, int64_t id, const char *status,
-                            const char *error, loyd_store_cb cb, void *arg)
+int loyd_store_inbox_finish(struct loyd_store *s, int64_t id, const char *status, const char *error,
+                            loyd_store_cb cb, void *arg)
 {
     static const char *const ok[] = {"done", "dead", "retry", NULL};
     if (!one_of(status, ok))
@@ -1645,8 +1662,7 @@ int loyd_store_inbox_finish(struct loyd_store *s, int64_t id, const char *status
     return s->be->inbox_finish(s, id, status, error, cb, arg);
 }
 
-int loyd_store_tenant_ensure(struct loyd_store *s, const char *tenant, loyd_store_cb cb,
-                             void *arg)
+int loyd_store_tenant_ensure(struct loyd_store *s, const char *tenant, loyd_store_cb cb, void *arg)
 {
     if (!nonempty(tenant))
         return -EINVAL;
@@ -1661,8 +1677,8 @@ int loyd_store_kv_get(struct loyd_store *s, const char *tenant, const char *key,
     return s->be->kv_get(s, tenant, key, out);
 }
 
-int loyd_store_kv_put(struct loyd_store *s, const char *tenant, const char *key,
-                      const char *value, loyd_store_cb cb, void *arg)
+int loyd_store_kv_put(struct loyd_store *s, const char *tenant, const char *key, const char *value,
+                      loyd_store_cb cb, void *arg)
 {
     if (!nonempty(tenant) || !nonempty(key))
         return -EINVAL;
@@ -1697,10 +1713,10 @@ static bool ledger_entry_ok(const struct loyd_apply *a, const struct loyd_ledger
 
 int loyd_store_apply(struct loyd_store *s, const struct loyd_apply *a, loyd_store_cb cb, void *arg)
 {
-    if (a == NULL || !nonempty(a->tenant) || !nonempty(a->event_key) ||
-        !nonempty(a->event_type) || a->inbox_id < 0 || a->n_ledger > APPLY_MAX_ROWS ||
-        a->n_outbox > APPLY_MAX_ROWS || (a->n_ledger > 0 && a->ledger == NULL) ||
-        (a->n_outbox > 0 && a->outbox == NULL) || (a->member_id != NULL && a->member_id[0] == '\0'))
+    if (a == NULL || !nonempty(a->tenant) || !nonempty(a->event_key) || !nonempty(a->event_type) ||
+        a->inbox_id < 0 || a->n_ledger > APPLY_MAX_ROWS || a->n_outbox > APPLY_MAX_ROWS ||
+        (a->n_ledger > 0 && a->ledger == NULL) || (a->n_outbox > 0 && a->outbox == NULL) ||
+        (a->member_id != NULL && a->member_id[0] == '\0'))
         return -EINVAL;
     for (size_t i = 0; i < a->n_ledger; i++) {
         if (!ledger_entry_ok(a, &a->ledger[i])) {
@@ -1763,8 +1779,8 @@ int loyd_store_event_get(struct loyd_store *s, const char *tenant, const char *e
     return s->be->event_get(s, tenant, event_key, out);
 }
 
-int loyd_store_outbox_pending(struct loyd_store *s, const char *tenant, uint64_t now_ms,
-                              size_t max, json_t **out)
+int loyd_store_outbox_pending(struct loyd_store *s, const char *tenant, uint64_t now_ms, size_t max,
+                              json_t **out)
 {
     return s->be->outbox_pending(s, tenant, now_ms, max, out);
 }

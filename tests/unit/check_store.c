@@ -39,7 +39,8 @@ static void rm_db(const char *path)
 
 static void setup(void)
 {
-    snprintf(dir, sizeof(dir), "%s/loyd-store-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    snprintf(dir, sizeof(dir), "%s/loyd-store-XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(dbpath, sizeof(dbpath), "%s/loyd.db", dir);
     ck_assert_int_eq(uv_loop_init(&loop), 0);
@@ -111,8 +112,12 @@ static void close_store(struct loyd_store *s)
 static int64_t append_sync(struct loyd_store *s, const char *tenant, const char *key,
                            const char *body, int expect_err)
 {
-    struct loyd_inbox_row row = {.tenant = tenant, .idem_key = key, .content_type = "text/plain",
-                                 .body = body, .body_len = strlen(body), .received_ms = 1000};
+    struct loyd_inbox_row row = {.tenant = tenant,
+                                 .idem_key = key,
+                                 .content_type = "text/plain",
+                                 .body = body,
+                                 .body_len = strlen(body),
+                                 .received_ms = 1000};
     struct res r = {0};
     ck_assert_int_eq(loyd_store_inbox_append(s, &row, on_id, &r), 0);
     wait_for(&r.done, 1);
@@ -216,9 +221,8 @@ START_TEST(test_migration_v2_appends)
     ck_assert_ptr_null(s);
 
     /* Markers out of order are a broken schema. */
-    ck_assert_int_eq(loyd__store_sqlite_open_schema(&loop, dbpath, "-- migration 2\nSELECT 1;\n",
-                                                    &s),
-                     LOYD_EDB);
+    ck_assert_int_eq(
+        loyd__store_sqlite_open_schema(&loop, dbpath, "-- migration 2\nSELECT 1;\n", &s), LOYD_EDB);
     free(v2);
     free(v3);
 }
@@ -255,10 +259,13 @@ START_TEST(test_append_binary_body)
     char body[256];
     for (int i = 0; i < 256; i++)
         body[i] = (char)(255 - i); /* invalid UTF-8, NULs included */
-    struct loyd_inbox_row row = {.tenant = "acme", .idem_key = "evt-1",
-                                 .content_type = "application/octet-stream", .body = body,
+    struct loyd_inbox_row row = {.tenant = "acme",
+                                 .idem_key = "evt-1",
+                                 .content_type = "application/octet-stream",
+                                 .body = body,
                                  .body_len = sizeof(body),
-                                 .notices_json = "[{\"code\":\"w1\"}]", .received_ms = 1234};
+                                 .notices_json = "[{\"code\":\"w1\"}]",
+                                 .received_ms = 1234};
     struct res r = {0};
     ck_assert_int_eq(loyd_store_inbox_append(s, &row, on_id, &r), 0);
     wait_for(&r.done, 1);
@@ -363,8 +370,11 @@ START_TEST(test_grouped_commits)
     for (int i = 0; i < 1000; i++) {
         snprintf(key, sizeof(key), "k%d", i);
         snprintf(body, sizeof(body), "{\"n\":%d}", i);
-        struct loyd_inbox_row row = {.tenant = "acme", .idem_key = key, .body = body,
-                                     .body_len = strlen(body), .content_type = "application/json"};
+        struct loyd_inbox_row row = {.tenant = "acme",
+                                     .idem_key = key,
+                                     .body = body,
+                                     .body_len = strlen(body),
+                                     .content_type = "application/json"};
         ck_assert_int_eq(loyd_store_inbox_append(s, &row, on_many, &m), 0);
     }
     wait_for(&m.done, 1000);
@@ -437,9 +447,9 @@ START_TEST(test_inbox_finish)
     ck_assert_int_eq(dead, 1);
 
     r.done = 0;
-    ck_assert_int_eq(loyd_store_dead_letter(s, "acme", "rule", "evt-x", "{}", "boom\ntraceback",
-                                            on_done, &r),
-                     0);
+    ck_assert_int_eq(
+        loyd_store_dead_letter(s, "acme", "rule", "evt-x", "{}", "boom\ntraceback", on_done, &r),
+        0);
     wait_for(&r.done, 1);
     ck_assert_int_eq(r.err, 0);
     ck_assert_int_eq(loyd_store_depths(s, &in, &out, &dead), 0);
@@ -457,14 +467,25 @@ START_TEST(test_apply_atomic_idempotent)
 {
     struct loyd_store *s = open_store();
     int64_t inbox = append_sync(s, "acme", "hook-1", "deal 7 won", 0);
-    struct loyd_ledger_entry award = {.points = 100, .kind = "award", .reason = "deal won",
-                                      .expires_ms = 5000000, .ref = "deal-7"};
+    struct loyd_ledger_entry award = {.points = 100,
+                                      .kind = "award",
+                                      .reason = "deal won",
+                                      .expires_ms = 5000000,
+                                      .ref = "deal-7"};
     struct loyd_outbox_item ob = {.payload_json = "{\"set\":{\"balance\":100}}"};
-    struct loyd_apply a = {.tenant = "acme", .event_key = "deal.won:7", .event_type = "deal.won",
-                           .event_json = "{\"deal\":7}", .inbox_id = inbox, .member_id = "m1",
-                           .member_json = "{\"tier\":\"silver\"}", .ledger = &award,
-                           .n_ledger = 1, .outbox = &ob, .n_outbox = 1,
-                           .trace_json = "{\"rules\":[\"won\"]}", .pack_version = "1.0.0",
+    struct loyd_apply a = {.tenant = "acme",
+                           .event_key = "deal.won:7",
+                           .event_type = "deal.won",
+                           .event_json = "{\"deal\":7}",
+                           .inbox_id = inbox,
+                           .member_id = "m1",
+                           .member_json = "{\"tier\":\"silver\"}",
+                           .ledger = &award,
+                           .n_ledger = 1,
+                           .outbox = &ob,
+                           .n_outbox = 1,
+                           .trace_json = "{\"rules\":[\"won\"]}",
+                           .pack_version = "1.0.0",
                            .applied_ms = 777};
     ck_assert_int_eq(apply_sync(s, &a), 0);
 
@@ -481,9 +502,9 @@ START_TEST(test_apply_atomic_idempotent)
     json_decref(o);
     ck_assert_int_eq(loyd_store_event_get(s, "acme", "deal.won:7", &o), 0);
     ck_assert_int_eq(jint(o, "inbox_id"), inbox);
-    ck_assert_str_eq(json_string_value(json_array_get(
-                         json_object_get(json_object_get(o, "trace"), "rules"), 0)),
-                     "won");
+    ck_assert_str_eq(
+        json_string_value(json_array_get(json_object_get(json_object_get(o, "trace"), "rules"), 0)),
+        "won");
     json_decref(o);
     ck_assert_int_eq(loyd_store_ledger_list(s, "acme", "m1", &o), 0);
     ck_assert_uint_eq(json_array_size(o), 1);
@@ -530,9 +551,16 @@ START_TEST(test_apply_atomic_idempotent)
         {.points = -10, .kind = "redeem", .lot_id = 424242},
     };
     struct loyd_outbox_item ob3 = {.payload_json = "{\"x\":1}"};
-    struct loyd_apply a3 = {.tenant = "acme", .event_key = "deal.won:8", .event_type = "deal.won",
-                            .inbox_id = inbox3, .member_id = "m2", .member_json = "{}",
-                            .ledger = bad, .n_ledger = 2, .outbox = &ob3, .n_outbox = 1};
+    struct loyd_apply a3 = {.tenant = "acme",
+                            .event_key = "deal.won:8",
+                            .event_type = "deal.won",
+                            .inbox_id = inbox3,
+                            .member_id = "m2",
+                            .member_json = "{}",
+                            .ledger = bad,
+                            .n_ledger = 2,
+                            .outbox = &ob3,
+                            .n_outbox = 1};
     struct res r1 = {0}, r2 = {0}, r3 = {0};
     completions = 0;
     ck_assert_int_eq(loyd_store_kv_put(s, "acme", "before", "1", on_done, &r1), 0);
@@ -570,8 +598,12 @@ START_TEST(test_apply_atomic_idempotent)
 
     /* Argument checks before queueing: unknown kind, wrong sign, draw without a lot. */
     struct loyd_ledger_entry e = {.points = 5, .kind = "bonus"};
-    struct loyd_apply a4 = {.tenant = "acme", .event_key = "k4", .event_type = "t",
-                            .member_id = "m1", .ledger = &e, .n_ledger = 1};
+    struct loyd_apply a4 = {.tenant = "acme",
+                            .event_key = "k4",
+                            .event_type = "t",
+                            .member_id = "m1",
+                            .ledger = &e,
+                            .n_ledger = 1};
     ck_assert_int_eq(loyd_store_apply(s, &a4, on_done, &r1), -EINVAL);
     e = (struct loyd_ledger_entry){.points = -5, .kind = "award"};
     ck_assert_int_eq(loyd_store_apply(s, &a4, on_done, &r1), -EINVAL);
@@ -589,8 +621,12 @@ START_TEST(test_lots_and_balance)
         {.points = 50, .kind = "award", .expires_ms = 2000, .ref = "deal-b"},
         {.points = 30, .kind = "award", .ref = "deal-c"}, /* never expires */
     };
-    struct loyd_apply a = {.tenant = "acme", .event_key = "e1", .event_type = "deal.won",
-                           .member_id = "m", .ledger = awards, .n_ledger = 3};
+    struct loyd_apply a = {.tenant = "acme",
+                           .event_key = "e1",
+                           .event_type = "deal.won",
+                           .member_id = "m",
+                           .ledger = awards,
+                           .n_ledger = 3};
     ck_assert_int_eq(apply_sync(s, &a), 0);
 
     json_t *lots = NULL;
@@ -610,8 +646,12 @@ START_TEST(test_lots_and_balance)
         {.points = -20, .kind = "expire", .lot_id = id_a},
         {.points = 5, .kind = "adjust", .lot_id = id_a, .reason = "refund of part"},
     };
-    struct loyd_apply d = {.tenant = "acme", .event_key = "e2", .event_type = "redeem",
-                           .member_id = "m", .ledger = draws, .n_ledger = 4};
+    struct loyd_apply d = {.tenant = "acme",
+                           .event_key = "e2",
+                           .event_type = "redeem",
+                           .member_id = "m",
+                           .ledger = draws,
+                           .n_ledger = 4};
     ck_assert_int_eq(apply_sync(s, &d), 0);
 
     int64_t bal;
@@ -627,8 +667,12 @@ START_TEST(test_lots_and_balance)
 
     /* A lot of another member cannot be drawn on. */
     struct loyd_ledger_entry steal = {.points = -1, .kind = "redeem", .lot_id = id_c};
-    struct loyd_apply x = {.tenant = "acme", .event_key = "e3", .event_type = "redeem",
-                           .member_id = "intruder", .ledger = &steal, .n_ledger = 1};
+    struct loyd_apply x = {.tenant = "acme",
+                           .event_key = "e3",
+                           .event_type = "redeem",
+                           .member_id = "intruder",
+                           .ledger = &steal,
+                           .n_ledger = 1};
     ck_assert_int_eq(apply_sync(s, &x), -EINVAL);
     /* Deal reopened: reverse the award even though part was spent; balance may go below. */
     json_t *byref = NULL;
@@ -636,10 +680,14 @@ START_TEST(test_lots_and_balance)
     ck_assert_uint_eq(json_array_size(byref), 1);
     ck_assert_int_eq(jint(json_array_get(byref, 0), "id"), id_b);
     json_decref(byref);
-    struct loyd_ledger_entry rev = {.points = -50, .kind = "reverse", .lot_id = id_b,
-                                    .ref = "deal-b"};
-    struct loyd_apply r = {.tenant = "acme", .event_key = "e4", .event_type = "deal.reopened",
-                           .member_id = "m", .ledger = &rev, .n_ledger = 1};
+    struct loyd_ledger_entry rev = {
+        .points = -50, .kind = "reverse", .lot_id = id_b, .ref = "deal-b"};
+    struct loyd_apply r = {.tenant = "acme",
+                           .event_key = "e4",
+                           .event_type = "deal.reopened",
+                           .member_id = "m",
+                           .ledger = &rev,
+                           .n_ledger = 1};
     ck_assert_int_eq(apply_sync(s, &r), 0);
     ck_assert_int_eq(loyd_store_balance(s, "acme", "m", &bal), 0);
     ck_assert_int_eq(bal, 65);
@@ -678,8 +726,12 @@ START_TEST(test_outbox)
         {.member_id = "A", .payload_json = "{\"n\":2}"},
         {.member_id = "B", .payload_json = "{\"n\":3}"},
     };
-    struct loyd_apply a = {.tenant = "acme", .event_key = "e1", .event_type = "t",
-                           .outbox = items, .n_outbox = 3, .applied_ms = 1000};
+    struct loyd_apply a = {.tenant = "acme",
+                           .event_key = "e1",
+                           .event_type = "t",
+                           .outbox = items,
+                           .n_outbox = 3,
+                           .applied_ms = 1000};
     ck_assert_int_eq(apply_sync(s, &a), 0);
 
     json_t *p = NULL;
@@ -779,8 +831,7 @@ START_TEST(test_close_flushes)
     memset(&m, 0, sizeof(m));
     for (int i = 0; i < 50; i++) {
         snprintf(key, sizeof(key), "k%d", i);
-        struct loyd_inbox_row row = {.tenant = "acme", .idem_key = key, .body = "b",
-                                     .body_len = 1};
+        struct loyd_inbox_row row = {.tenant = "acme", .idem_key = key, .body = "b", .body_len = 1};
         ck_assert_int_eq(loyd_store_inbox_append(s, &row, on_many, &m), 0);
     }
     /* Close at once, before the loop ran a single time. */
@@ -834,8 +885,8 @@ static void child_submit(struct child *c)
         char key[48], body[64];
         snprintf(key, sizeof(key), "r%d-%d", c->round, c->next);
         snprintf(body, sizeof(body), "{\"round\":%d,\"n\":%d}", c->round, c->next);
-        struct loyd_inbox_row row = {.tenant = "crash", .idem_key = key, .body = body,
-                                     .body_len = strlen(body)};
+        struct loyd_inbox_row row = {
+            .tenant = "crash", .idem_key = key, .body = body, .body_len = strlen(body)};
         if (loyd_store_inbox_append(c->s, &row, child_on_id, c) != 0)
             _exit(5);
         c->next++;
