@@ -155,7 +155,7 @@ static const struct loyd_cfg_field rules_fields[] = {
 
 static const struct loyd_cfg_field plugin_fields[] = {
     {"name", LOYD_CFG_STRING, NULL, .required = true, .check = check_plugin_name,
-     .help = "plugin name: loads the shared object's loyd_plugin_<name>, or the built-in one"},
+     .help = "plugin name: the built-in plugin, or the shared object's `loyd_plugin_<name>`"},
     {"path", LOYD_CFG_STRING, NULL, .check = check_nonempty,
      .help = "shared object to dlopen, relative to the config file; absent: a built-in plugin"},
     {"config", LOYD_CFG_ANY, "{}",
@@ -168,12 +168,12 @@ static const struct loyd_cfg_field plugin_item = {
 
 const struct loyd_cfg_field loyd_config_daemon_schema[] = {
     {"listen", LOYD_CFG_STRING, "127.0.0.1:8080", .check = check_listen,
-     .help = "address of the webhook HTTP server: \"HOST:PORT\" or \"[IPV6]:PORT\" (port 0: "
-             "the OS chooses)"},
+     .help = "address of the webhook HTTP server: `\"HOST:PORT\"` or `\"[IPV6]:PORT\"` "
+             "(port 0: the OS chooses)"},
     {"store", LOYD_CFG_STRING, "loyd.db", .check = check_nonempty,
      .help = "SQLite database file, relative to the config file's directory"},
     {"tenants", LOYD_CFG_STRING, "tenants.d", .check = check_nonempty,
-     .help = "directory of tenant files (each *.conf is one tenant named after the file), "
+     .help = "directory of tenant files (each `*.conf` is one tenant named after the file), "
              "relative to the config file's directory"},
     {"packs", LOYD_CFG_STRING, LOYD_PACKS_DIR, .check = check_nonempty,
      .help = "directory where rule packs named by tenants are found, relative to the config "
@@ -210,8 +210,8 @@ const struct loyd_cfg_field loyd_config_tenant_schema[] = {
     {"timezone", LOYD_CFG_STRING, "UTC", .check = check_timezone,
      .help = "IANA time zone of the tenant's daily jobs (birthdays, expiry)"},
     {"path_secret", LOYD_CFG_STRING, NULL, .secret = true, .check = check_path_secret,
-     .help = "secret webhook path segment: hooks go to /hooks/<tenant>/<path_secret> (amoCRM "
-             "needs it); 16-128 of A-Z a-z 0-9 _ -"},
+     .help = "secret webhook path segment: hooks go to `/hooks/<tenant>/<path_secret>` "
+             "(amoCRM needs it); 16-128 of `A-Z a-z 0-9 _ -`"},
     {"enabled", LOYD_CFG_BOOL, "true",
      .help = "false keeps the tenant configured but answers its webhooks with 404"},
     {0},
@@ -249,8 +249,12 @@ static void md_type(struct loyd_buf *out, const struct loyd_cfg_field *f)
         loyd_buf_puts(out, "table (free-form)");
         break;
     case LOYD_CFG_ARRAY:
-        loyd_buf_puts(out, "list of ");
-        md_type(out, f->elem);
+        if (f->elem->type == LOYD_CFG_TABLE) {
+            loyd_buf_puts(out, "list of tables");
+        } else {
+            loyd_buf_puts(out, "list of ");
+            md_type(out, f->elem);
+        }
         break;
     case LOYD_CFG_MAP:
         loyd_buf_puts(out, "table of name = ");

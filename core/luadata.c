@@ -74,8 +74,12 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     /* Once killed, fire on every instruction so nothing gets further. */
     c->killed = true;
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "the file exceeded its instruction budget (%u instructions; a loop?)",
-               LOYD_LUADATA_INSTRUCTIONS);
+    /* Inside a hook, level 0 is the interrupted Lua function: name its line. */
+    luaL_where(L, 0);
+    lua_pushfstring(L, "the file exceeded its instruction budget (%d instructions; a loop?)",
+                    (int)LOYD_LUADATA_INSTRUCTIONS);
+    lua_concat(L, 2);
+    lua_error(L);
 }
 
 static struct load_ctx *get_ctx(lua_State *L)
