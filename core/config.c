@@ -199,7 +199,8 @@ static void unknown_keys(struct vctx *v, const char *prefix, json_t *obj, const 
     if (n == 0)
         return;
     keys = loyd_xcalloc(n, sizeof(*keys));
-    json_object_foreach(obj, key, val) {
+    json_object_foreach(obj, key, val)
+    {
         bool known = false;
         for (const char *const *nm = names; *nm != NULL; nm++)
             known |= strcmp(*nm, key) == 0;
@@ -348,8 +349,7 @@ static void check_value(struct vctx *v, const char *path, const struct loyd_cfg_
     case LOYD_CFG_BYTES:
         if (!json_is_integer(val)) {
             if (json_is_real(val))
-                verr(v, path, line, "expected %s, got float (write a whole number)",
-                     type_text(f));
+                verr(v, path, line, "expected %s, got float (write a whole number)", type_text(f));
             else
                 verr(v, path, line, "expected %s, got %s", type_text(f), kind_of(val));
             return;
@@ -383,7 +383,8 @@ static void check_value(struct vctx *v, const char *path, const struct loyd_cfg_
             const char *k;
             json_t *item;
             void *tmp;
-            json_object_foreach_safe(val, tmp, k, item) {
+            json_object_foreach_safe(val, tmp, k, item)
+            {
                 json_t *rep = NULL;
                 child_path(&p, path, k);
                 check_value(v, p.data, f->elem, item, &rep);
@@ -461,8 +462,7 @@ int loyd_cfg_validate(const struct loyd_cfg_source *src, const char *prefix,
     struct vctx v = {.src = src, .err = err};
 
     if (!json_is_object(obj)) {
-        verr(&v, prefix, line_of(&v, prefix), "expected table of named keys, got %s",
-             kind_of(obj));
+        verr(&v, prefix, line_of(&v, prefix), "expected table of named keys, got %s", kind_of(obj));
         return LOYD_ECONFIG;
     }
     check_table(&v, prefix, fields, obj);
@@ -535,8 +535,7 @@ int loyd_config_validate_fields_src(const struct loyd_cfg_source *src, const cha
     size_t n = 0;
 
     if (!json_is_object(obj)) {
-        verr(&v, prefix, line_of(&v, prefix), "expected table of named keys, got %s",
-             kind_of(obj));
+        verr(&v, prefix, line_of(&v, prefix), "expected table of named keys, got %s", kind_of(obj));
         return LOYD_ECONFIG;
     }
     for (const struct loyd_config_field *f = fields; f->type != LOYD_FIELD_END; f++)
@@ -557,8 +556,9 @@ int loyd_config_validate_fields_src(const struct loyd_cfg_source *src, const cha
             } else if (f->default_value != NULL) {
                 json_t *d = plugin_default(f);
                 if (d == NULL)
-                    verr(&v, p.data, 0, "the plugin's schema has an invalid default for this "
-                                        "key (a plugin bug)");
+                    verr(&v, p.data, 0,
+                         "the plugin's schema has an invalid default for this "
+                         "key (a plugin bug)");
                 else
                     json_object_set_new(obj, f->name, d);
             }
@@ -711,7 +711,8 @@ static void fill_daemon(struct loyd_config *c)
     c->plugins = json_array();
     size_t i;
     json_t *p;
-    json_array_foreach(json_object_get(r, "plugins"), i, p) {
+    json_array_foreach(json_object_get(r, "plugins"), i, p)
+    {
         json_t *q = json_object();
         json_object_set(q, "name", json_object_get(p, "name"));
         if (get_str(p, "path") != NULL) {
@@ -747,8 +748,10 @@ int loyd_config_load(const char *path, struct loyd_config **out, struct loyd_buf
                 struct vctx v = {.src = &src, .err = err};
                 struct loyd_buf p = {0};
                 loyd_luadata_path_index(&p, "plugins", i + 1);
-                verr(&v, p.data, line_of(&v, p.data), "plugin '%s' is already listed as "
-                     "plugins[%zu]", ni, j + 1);
+                verr(&v, p.data, line_of(&v, p.data),
+                     "plugin '%s' is already listed as "
+                     "plugins[%zu]",
+                     ni, j + 1);
                 loyd_buf_free(&p);
                 rc = LOYD_ECONFIG;
                 break;
@@ -829,8 +832,7 @@ void loyd_tenant_config_free(struct loyd_tenant_config *t)
     free(t);
 }
 
-int loyd_tenant_config_load(const char *path, struct loyd_tenant_config **out,
-                            struct loyd_buf *err)
+int loyd_tenant_config_load(const char *path, struct loyd_tenant_config **out, struct loyd_buf *err)
 {
     struct loyd_luadata d = {0};
     struct loyd_tenant_config *t = NULL;
@@ -848,9 +850,10 @@ int loyd_tenant_config_load(const char *path, struct loyd_tenant_config **out,
     if (!loyd_tenant_name_valid(name)) {
         struct loyd_buf q = {0};
         quoted_key(&q, name);
-        loyd_buf_printf(err, "%s: tenant name %s%s%s (the file name without .conf) must be "
-                        "1-64 characters of a-z, 0-9, _ and -\n", path,
-                        q.data[0] == '[' ? "" : "'", q.data, q.data[0] == '[' ? "" : "'");
+        loyd_buf_printf(err,
+                        "%s: tenant name %s%s%s (the file name without .conf) must be "
+                        "1-64 characters of a-z, 0-9, _ and -\n",
+                        path, q.data[0] == '[' ? "" : "'", q.data, q.data[0] == '[' ? "" : "'");
         loyd_buf_free(&q);
         rc = LOYD_ECONFIG;
     }

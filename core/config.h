@@ -31,32 +31,32 @@
 
 enum loyd_cfg_type {
     LOYD_CFG_END = 0,
-    LOYD_CFG_STRING,  /* text; .check may restrict it further */
-    LOYD_CFG_INT,     /* integer (Lua integer; a float is an error) */
+    LOYD_CFG_STRING, /* text; .check may restrict it further */
+    LOYD_CFG_INT,    /* integer (Lua integer; a float is an error) */
     LOYD_CFG_BOOL,
-    LOYD_CFG_ENUM,    /* one of .choices */
-    LOYD_CFG_MS,      /* integer milliseconds */
-    LOYD_CFG_BYTES,   /* integer bytes */
-    LOYD_CFG_TABLE,   /* a table of named keys described by .fields */
-    LOYD_CFG_ANY,     /* any table of named keys, validated later by its consumer */
-    LOYD_CFG_ARRAY,   /* a list whose items .elem describes */
-    LOYD_CFG_MAP,     /* named keys of free choice whose values .elem describes */
+    LOYD_CFG_ENUM,  /* one of .choices */
+    LOYD_CFG_MS,    /* integer milliseconds */
+    LOYD_CFG_BYTES, /* integer bytes */
+    LOYD_CFG_TABLE, /* a table of named keys described by .fields */
+    LOYD_CFG_ANY,   /* any table of named keys, validated later by its consumer */
+    LOYD_CFG_ARRAY, /* a list whose items .elem describes */
+    LOYD_CFG_MAP,   /* named keys of free choice whose values .elem describes */
 };
 
 struct loyd_cfg_field {
     const char *name;
     enum loyd_cfg_type type;
-    const char *def;      /* default written as Lua would: "30000", "true", "info", "{}"; or NULL */
+    const char *def; /* default written as Lua would: "30000", "true", "info", "{}"; or NULL */
     bool required;
-    bool secret;          /* never printed (tokens, passwords) */
-    bool ranged;          /* min/max apply (integers) */
+    bool secret; /* never printed (tokens, passwords) */
+    bool ranged; /* min/max apply (integers) */
     int64_t min, max;
     const char *const *choices;          /* ENUM: NULL-terminated */
     const struct loyd_cfg_field *fields; /* TABLE: nested fields, ended by {0} */
     const struct loyd_cfg_field *elem;   /* ARRAY, MAP: what one item is (name unused) */
     /* STRING: extra check; @return NULL if fine, else a static reason ("expected HOST:PORT"). */
     const char *(*check)(const char *value);
-    const char *help;     /* one line for docs/CONFIG.md */
+    const char *help; /* one line for docs/CONFIG.md */
 };
 
 #define LOYD_CFG_RANGE(lo, hi) .ranged = true, .min = (lo), .max = (hi)
@@ -88,8 +88,8 @@ LOYD_MUST_CHECK int loyd_cfg_validate(const struct loyd_cfg_source *src, const c
  * @return 0 or LOYD_ECONFIG.
  */
 LOYD_MUST_CHECK int loyd_config_validate_fields(const char *file, const char *prefix,
-                                                const struct loyd_config_field *fields,
-                                                json_t *obj, struct loyd_buf *err);
+                                                const struct loyd_config_field *fields, json_t *obj,
+                                                struct loyd_buf *err);
 /** Same, with line numbers and secret paths from the loaded file (either may be NULL). */
 LOYD_MUST_CHECK int loyd_config_validate_fields_src(const struct loyd_cfg_source *src,
                                                     const char *prefix,
@@ -106,13 +106,13 @@ const char *loyd_cfg_nearest(const char *key, const char *const *candidates);
 /* ---- the daemon file ---------------------------------------------------------------------- */
 
 struct loyd_config {
-    char *path, *dir;          /* the file and its directory */
-    char *listen_host;         /* "127.0.0.1", "::1" (no brackets), "0.0.0.0" */
-    int listen_port;           /* 0..65535; 0 lets the OS choose */
-    char *store;               /* resolved against dir */
-    char *tenants_dir;         /* resolved against dir */
-    char *packs_dir;           /* resolved against dir */
-    int log_level;             /* enum loyd_log_level */
+    char *path, *dir;  /* the file and its directory */
+    char *listen_host; /* "127.0.0.1", "::1" (no brackets), "0.0.0.0" */
+    int listen_port;   /* 0..65535; 0 lets the OS choose */
+    char *store;       /* resolved against dir */
+    char *tenants_dir; /* resolved against dir */
+    char *packs_dir;   /* resolved against dir */
+    int log_level;     /* enum loyd_log_level */
     struct {
         size_t max_header_bytes, max_body_bytes;
         unsigned max_connections;

@@ -20,8 +20,7 @@
 static bool all_in(const char *s, const char *extra)
 {
     for (; *s != '\0'; s++) {
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
-              strchr(extra, *s) != NULL))
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || strchr(extra, *s) != NULL))
             return false;
     }
     return true;
@@ -163,8 +162,8 @@ static const struct loyd_cfg_field plugin_fields[] = {
     {0},
 };
 
-static const struct loyd_cfg_field plugin_item = {
-    "plugin", LOYD_CFG_TABLE, NULL, .fields = plugin_fields, .help = "one plugin"};
+static const struct loyd_cfg_field plugin_item = {"plugin", LOYD_CFG_TABLE, NULL,
+                                                  .fields = plugin_fields, .help = "one plugin"};
 
 const struct loyd_cfg_field loyd_config_daemon_schema[] = {
     {"listen", LOYD_CFG_STRING, "127.0.0.1:8080", .check = check_listen,

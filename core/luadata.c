@@ -37,8 +37,8 @@ struct load_ctx {
     const char *dir;  /* where file "PATH" resolves */
     struct loyd_buf *err;
     unsigned nerr;
-    json_t *root;    /* conversion result (owned until handed out) */
-    json_t *secrets; /* path -> true */
+    json_t *root;         /* conversion result (owned until handed out) */
+    json_t *secrets;      /* path -> true */
     struct loyd_buf path; /* scratch for building paths */
     char *file_buf;       /* file helper's read buffer while Lua may still raise */
 };
@@ -361,8 +361,7 @@ void loyd_luadata_path_index(struct loyd_buf *b, const char *parent, size_t inde
 
 /* ---- messages ---------------------------------------------------------------------------- */
 
-static void add_error(struct load_ctx *c, const char *path, const char *fmt, ...)
-    LOYD_PRINTF(3, 4);
+static void add_error(struct load_ctx *c, const char *path, const char *fmt, ...) LOYD_PRINTF(3, 4);
 
 static void add_error(struct load_ctx *c, const char *path, const char *fmt, ...)
 {
@@ -438,8 +437,7 @@ static bool utf8_valid(const char *s, size_t n)
     return j != NULL;
 }
 
-static json_t *convert_table(lua_State *L, struct load_ctx *c, int idx, const char *path,
-                             int depth)
+static json_t *convert_table(lua_State *L, struct load_ctx *c, int idx, const char *path, int depth)
 {
     size_t count = 0;
     bool has_int = false, has_str = false, bad_key = false;
@@ -557,8 +555,10 @@ static json_t *convert(lua_State *L, struct load_ctx *c, int idx, const char *pa
     case LUA_TTABLE:
         return convert_table(L, c, idx, path, depth + 1);
     default:
-        add_error(c, path, "a %s cannot be a config value (only strings, numbers, booleans, "
-                  "tables)", lua_kind(L, idx));
+        add_error(c, path,
+                  "a %s cannot be a config value (only strings, numbers, booleans, "
+                  "tables)",
+                  lua_kind(L, idx));
         return NULL;
     }
 }
@@ -581,8 +581,19 @@ static int l_convert(lua_State *L)
  * each table constructor, by path.  It follows table constructors and top-level assignments
  * (`a = {...}`, `a.b = 1`, `return {...}`); anything it cannot follow simply gets no line.
  */
-enum tok { T_EOF, T_NAME, T_STRING, T_OTHER, T_ASSIGN, T_LBRACE, T_RBRACE, T_LBRACKET,
-           T_RBRACKET, T_SEP, T_DOT };
+enum tok {
+    T_EOF,
+    T_NAME,
+    T_STRING,
+    T_OTHER,
+    T_ASSIGN,
+    T_LBRACE,
+    T_RBRACE,
+    T_LBRACKET,
+    T_RBRACKET,
+    T_SEP,
+    T_DOT
+};
 
 struct lexer {
     const char *s, *end;
@@ -637,8 +648,8 @@ static void skip_long(struct lexer *x, int level)
 static void lex_next(struct lexer *x)
 {
     for (;;) {
-        while (x->s < x->end && (*x->s == ' ' || *x->s == '\t' || *x->s == '\r' ||
-                                 *x->s == '\n' || *x->s == '\f' || *x->s == '\v')) {
+        while (x->s < x->end && (*x->s == ' ' || *x->s == '\t' || *x->s == '\r' || *x->s == '\n' ||
+                                 *x->s == '\f' || *x->s == '\v')) {
             if (*x->s == '\n')
                 x->line++;
             x->s++;
@@ -707,24 +718,37 @@ static void lex_next(struct lexer *x)
             x->t = T_ASSIGN;
         }
         return;
-    case '<': case '>': case '~':
+    case '<':
+    case '>':
+    case '~':
         if (x->s < x->end && *x->s == '=')
             x->s++;
         x->t = T_OTHER;
         return;
-    case '{': x->t = T_LBRACE; return;
-    case '}': x->t = T_RBRACE; return;
-    case '[': x->t = T_LBRACKET; return;
-    case ']': x->t = T_RBRACKET; return;
-    case ',': case ';': x->t = T_SEP; return;
+    case '{':
+        x->t = T_LBRACE;
+        return;
+    case '}':
+        x->t = T_RBRACE;
+        return;
+    case '[':
+        x->t = T_LBRACKET;
+        return;
+    case ']':
+        x->t = T_RBRACKET;
+        return;
+    case ',':
+    case ';':
+        x->t = T_SEP;
+        return;
     case '.':
         if (x->s < x->end && *x->s == '.') {
             while (x->s < x->end && *x->s == '.')
                 x->s++;
             x->t = T_OTHER;
         } else if (x->s < x->end && *x->s >= '0' && *x->s <= '9') {
-            while (x->s < x->end && ((*x->s >= '0' && *x->s <= '9') || *x->s == 'e' ||
-                                     *x->s == 'E'))
+            while (x->s < x->end &&
+                   ((*x->s >= '0' && *x->s <= '9') || *x->s == 'e' || *x->s == 'E'))
                 x->s++;
             x->t = T_OTHER;
         } else {
@@ -734,11 +758,11 @@ static void lex_next(struct lexer *x)
     default:
         if (ch >= '0' && ch <= '9') {
             /* Numbers, including hex and exponents with signs. */
-            while (x->s < x->end && ((*x->s >= '0' && *x->s <= '9') || (*x->s >= 'a' && *x->s <= 'z') ||
-                                     (*x->s >= 'A' && *x->s <= 'Z') || *x->s == '.' ||
-                                     ((*x->s == '+' || *x->s == '-') &&
-                                      (x->s[-1] == 'e' || x->s[-1] == 'E' || x->s[-1] == 'p' ||
-                                       x->s[-1] == 'P'))))
+            while (x->s < x->end &&
+                   ((*x->s >= '0' && *x->s <= '9') || (*x->s >= 'a' && *x->s <= 'z') ||
+                    (*x->s >= 'A' && *x->s <= 'Z') || *x->s == '.' ||
+                    ((*x->s == '+' || *x->s == '-') &&
+                     (x->s[-1] == 'e' || x->s[-1] == 'E' || x->s[-1] == 'p' || x->s[-1] == 'P'))))
                 x->s++;
         }
         x->t = T_OTHER;
@@ -767,7 +791,7 @@ static void scan_lines(const char *src, size_t len, json_t *lines)
 {
     struct lexer x = {.s = src, .end = src + len, .line = 1};
     struct frame fr[SCAN_MAX_FRAMES];
-    int top = 0; /* 0: the chunk (statements); >0: inside table constructors */
+    int top = 0;         /* 0: the chunk (statements); >0: inside table constructors */
     char *target = NULL; /* chunk level: path a `{` would get */
     struct loyd_buf chain = {0};
     struct loyd_buf tmp = {0};
@@ -982,9 +1006,9 @@ static int run(struct load_ctx *c, const char *src, size_t len, struct loyd_luad
      * The chunk's _ENV: an empty table whose metatable offers the two helpers.  Assignments
      * land in the table itself, so after the run it holds exactly the file's top-level keys.
      */
-    lua_newtable(L);            /* env */
-    lua_newtable(L);            /* its metatable */
-    lua_newtable(L);            /* helpers */
+    lua_newtable(L); /* env */
+    lua_newtable(L); /* its metatable */
+    lua_newtable(L); /* helpers */
     lua_pushcfunction(L, l_env);
     lua_setfield(L, -2, "env");
     lua_pushcfunction(L, l_file);
@@ -1010,8 +1034,9 @@ static int run(struct load_ctx *c, const char *src, size_t len, struct loyd_luad
         lua_pushnil(L);
         if (lua_next(L, -3) != 0) {
             lua_pop(L, 2);
-            add_error(c, NULL, "the file both returns a table and assigns top-level keys; "
-                               "use one form");
+            add_error(c, NULL,
+                      "the file both returns a table and assigns top-level keys; "
+                      "use one form");
             goto done;
         }
     } else {
@@ -1145,7 +1170,8 @@ static void scrub_walk(struct loyd_buf *b, size_t from, const json_t *v, const c
     } else if (json_is_object(v)) {
         const char *k;
         json_t *child;
-        json_object_foreach((json_t *)v, k, child) {
+        json_object_foreach((json_t *)v, k, child)
+        {
             loyd_buf_reset(&p);
             loyd_luadata_path_key(&p, path, k, strlen(k));
             scrub_walk(b, from, child, p.data, secrets);
@@ -1153,7 +1179,8 @@ static void scrub_walk(struct loyd_buf *b, size_t from, const json_t *v, const c
     } else if (json_is_array(v)) {
         size_t i;
         json_t *child;
-        json_array_foreach(v, i, child) {
+        json_array_foreach(v, i, child)
+        {
             loyd_buf_reset(&p);
             loyd_luadata_path_index(&p, path, i + 1);
             scrub_walk(b, from, child, p.data, secrets);
@@ -1162,8 +1189,7 @@ static void scrub_walk(struct loyd_buf *b, size_t from, const json_t *v, const c
     loyd_buf_free(&p);
 }
 
-void loyd_luadata_scrub(struct loyd_buf *b, size_t from, const json_t *value,
-                        const json_t *secrets)
+void loyd_luadata_scrub(struct loyd_buf *b, size_t from, const json_t *value, const json_t *secrets)
 {
     if (secrets == NULL || json_object_size(secrets) == 0)
         return;

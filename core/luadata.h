@@ -32,12 +32,12 @@
 
 #include "util.h"
 
-#define LOYD_LUADATA_MAX_BYTES ((size_t)1 << 20)       /* default source size cap */
-#define LOYD_LUADATA_MAX_DEPTH 16                      /* table nesting, the root counts */
-#define LOYD_LUADATA_MEMORY ((size_t)8 << 20)          /* Lua allocator cap */
-#define LOYD_LUADATA_INSTRUCTIONS 10000000u            /* instruction budget per file */
-#define LOYD_LUADATA_FILE_MAX ((size_t)256 << 10)      /* cap for what file "PATH" reads */
-#define LOYD_LUADATA_MAX_ERRORS 50                     /* conversion errors before giving up */
+#define LOYD_LUADATA_MAX_BYTES ((size_t)1 << 20)  /* default source size cap */
+#define LOYD_LUADATA_MAX_DEPTH 16                 /* table nesting, the root counts */
+#define LOYD_LUADATA_MEMORY ((size_t)8 << 20)     /* Lua allocator cap */
+#define LOYD_LUADATA_INSTRUCTIONS 10000000u       /* instruction budget per file */
+#define LOYD_LUADATA_FILE_MAX ((size_t)256 << 10) /* cap for what file "PATH" reads */
+#define LOYD_LUADATA_MAX_ERRORS 50                /* conversion errors before giving up */
 
 struct loyd_luadata {
     json_t *value;   /* the file's table: an object (or an array if the file returns one) */

@@ -70,11 +70,11 @@ static int count_lines(const char *s)
     return n;
 }
 
-#define ck_assert_has(hay, needle)                                                             \
-    ck_assert_msg((hay) != NULL && strstr((hay), (needle)) != NULL,                            \
-                  "expected \"%s\" in:\n%s", (needle), (hay) ? (hay) : "(null)")
-#define ck_assert_lacks(hay, needle)                                                           \
-    ck_assert_msg((hay) == NULL || strstr((hay), (needle)) == NULL,                            \
+#define ck_assert_has(hay, needle)                                                                 \
+    ck_assert_msg((hay) != NULL && strstr((hay), (needle)) != NULL, "expected \"%s\" in:\n%s",     \
+                  (needle), (hay) ? (hay) : "(null)")
+#define ck_assert_lacks(hay, needle)                                                               \
+    ck_assert_msg((hay) == NULL || strstr((hay), (needle)) == NULL,                                \
                   "did not expect \"%s\" in:\n%s", (needle), (hay))
 
 /* ---- the daemon file ----------------------------------------------------------------------- */
@@ -134,9 +134,9 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(c->limits.max_connections, 7);
     ck_assert_uint_eq(c->limits.max_body_bytes, 1048576);
     ck_assert(json_is_array(c->plugins));
-    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(c->raw, "limits"),
-                                                       "read_timeout_ms")),
-                     10000);
+    ck_assert_int_eq(
+        json_integer_value(json_object_get(json_object_get(c->raw, "limits"), "read_timeout_ms")),
+        10000);
     loyd_config_free(c);
     ck_assert_uint_eq(err.len, 0);
     loyd_buf_free(&err);
@@ -278,8 +278,7 @@ START_TEST(test_enum_and_check_messages)
     ck_assert_has(err.data, "key 'plugins[2]': plugin 'a' is already listed as plugins[1]");
     loyd_buf_reset(&err);
     /* A list where a table is expected and the other way round. */
-    ck_assert_int_eq(load_text("limits = { 1, 2 }\nplugins = { a = 1 }\n", &c, &err),
-                     LOYD_ECONFIG);
+    ck_assert_int_eq(load_text("limits = { 1, 2 }\nplugins = { a = 1 }\n", &c, &err), LOYD_ECONFIG);
     ck_assert_has(err.data, "key 'limits': expected table of named keys, got list");
     ck_assert_has(err.data, "key 'plugins': expected list, got table");
     loyd_buf_free(&err);
@@ -291,9 +290,8 @@ START_TEST(test_assign_and_return_forms)
     struct loyd_config *c = NULL;
     struct loyd_buf err = {0};
 
-    ck_assert_int_eq(load_text("local port = 9000\nreturn { listen = \"127.0.0.1:\" .. port }\n",
-                               &c, &err),
-                     0);
+    ck_assert_int_eq(
+        load_text("local port = 9000\nreturn { listen = \"127.0.0.1:\" .. port }\n", &c, &err), 0);
     ck_assert_int_eq(c->listen_port, 9000);
     loyd_config_free(c);
     /* Dotted assignment into a table defined above. */
@@ -366,9 +364,9 @@ START_TEST(test_file_helper)
     /* Relative to the config file's directory, not the working directory. */
     snprintf(sub, sizeof(sub), "%s/conf", tmpdir);
     ck_assert_int_eq(mkdir(sub, 0700), 0);
-    ck_assert_int_eq(loyd_config_load(put("conf/loyd.conf", "store = file \"../secrets/token\"\n"),
-                                      &c, &err),
-                     0);
+    ck_assert_int_eq(
+        loyd_config_load(put("conf/loyd.conf", "store = file \"../secrets/token\"\n"), &c, &err),
+        0);
     ck_assert(strstr(c->store, "/conf/tok-123") != NULL);
     loyd_config_free(c);
 
@@ -391,16 +389,15 @@ START_TEST(test_secret_never_in_errors)
 
     setenv("LOYD_TEST_SECRET", secret, 1);
     put("secret.txt", "file-s3cr3t-Value\n");
-    ck_assert_int_eq(
-        load_text("limits = { max_body_bytes = env \"LOYD_TEST_SECRET\" }\n"
-                  "log_level = env \"LOYD_TEST_SECRET\"\n"
-                  "listen = env \"LOYD_TEST_SECRET\"\n"
-                  "store = 5\n"
-                  "client = { timeout_ms = \"Bearer \" .. env \"LOYD_TEST_SECRET\" }\n"
-                  "tenants = { file \"secret.txt\" }\n"
-                  "packs = { key = file \"secret.txt\" }\n",
-                  &c, &err),
-        LOYD_ECONFIG);
+    ck_assert_int_eq(load_text("limits = { max_body_bytes = env \"LOYD_TEST_SECRET\" }\n"
+                               "log_level = env \"LOYD_TEST_SECRET\"\n"
+                               "listen = env \"LOYD_TEST_SECRET\"\n"
+                               "store = 5\n"
+                               "client = { timeout_ms = \"Bearer \" .. env \"LOYD_TEST_SECRET\" }\n"
+                               "tenants = { file \"secret.txt\" }\n"
+                               "packs = { key = file \"secret.txt\" }\n",
+                               &c, &err),
+                     LOYD_ECONFIG);
     ck_assert_has(err.data, "key 'limits.max_body_bytes': expected integer (bytes), got string");
     ck_assert_has(err.data, "key 'log_level': expected one of");
     ck_assert_has(err.data, "key 'listen': invalid value: expected HOST:PORT");
@@ -410,13 +407,11 @@ START_TEST(test_secret_never_in_errors)
     loyd_buf_reset(&err);
 
     /* A Lua error built around a secret: env(env "X") names its argument otherwise. */
-    ck_assert_int_eq(load_text("store = env(env \"LOYD_TEST_SECRET\")\n", &c, &err),
-                     LOYD_ECONFIG);
+    ck_assert_int_eq(load_text("store = env(env \"LOYD_TEST_SECRET\")\n", &c, &err), LOYD_ECONFIG);
     ck_assert_has(err.data, "named by a secret is not set");
     ck_assert_lacks(err.data, "s3cr3t");
     loyd_buf_reset(&err);
-    ck_assert_int_eq(load_text("store = file(env \"LOYD_TEST_SECRET\")\n", &c, &err),
-                     LOYD_ECONFIG);
+    ck_assert_int_eq(load_text("store = file(env \"LOYD_TEST_SECRET\")\n", &c, &err), LOYD_ECONFIG);
     ck_assert_lacks(err.data, "s3cr3t");
     loyd_buf_reset(&err);
     /* Secrets used as keys are refused without being shown. */
@@ -441,10 +436,11 @@ END_TEST
 START_TEST(test_sandbox_has_no_libraries)
 {
     static const char *const names[] = {
-        "os", "io", "require", "load", "loadfile", "dofile", "string", "table", "math",
-        "print", "pairs", "ipairs", "pcall", "error", "setmetatable", "getmetatable", "rawset",
-        "rawget", "debug", "package", "collectgarbage", "_G", "tostring", "next", "coroutine",
-        "utf8", "loadstring", "select", "type",
+        "os",        "io",      "require",        "load",         "loadfile", "dofile",
+        "string",    "table",   "math",           "print",        "pairs",    "ipairs",
+        "pcall",     "error",   "setmetatable",   "getmetatable", "rawset",   "rawget",
+        "debug",     "package", "collectgarbage", "_G",           "tostring", "next",
+        "coroutine", "utf8",    "loadstring",     "select",       "type",
     };
     struct loyd_buf err = {0};
     struct loyd_luadata d;
@@ -583,7 +579,8 @@ START_TEST(test_syntax_error_has_line)
 
     ck_assert_int_eq(loyd_config_load(path, &c, &err), LOYD_ECONFIG);
     char *want = loyd_xasprintf("%s:5: '}' expected (to close '{' at line 3) near "
-                                "'max_connections'\n", path);
+                                "'max_connections'\n",
+                                path);
     ck_assert_str_eq(err.data, want);
     free(want);
     loyd_buf_free(&err);
@@ -637,8 +634,9 @@ END_TEST
 
 START_TEST(test_nearest)
 {
-    static const char *const keys[] = {"listen", "store", "tenants", "limits", "max_body_bytes",
-                                       "max_header_bytes", "idle_timeout_ms", NULL};
+    static const char *const keys[] = {
+        "listen",           "store",           "tenants", "limits", "max_body_bytes",
+        "max_header_bytes", "idle_timeout_ms", NULL};
     ck_assert_str_eq(loyd_cfg_nearest("listne", keys), "listen");
     ck_assert_str_eq(loyd_cfg_nearest("Listen", keys), "listen");
     ck_assert_str_eq(loyd_cfg_nearest("stor", keys), "store");
@@ -673,10 +671,9 @@ START_TEST(test_tenant_dir_loads)
     ck_assert_str_eq(json_string_value(json_object_get(ts[0]->crm, "token")),
                      "file-secret-0123456789");
     ck_assert(json_is_true(json_object_get(ts[0]->secrets, "crm.token")));
-    ck_assert_int_eq(
-        json_integer_value(json_object_get(json_object_get(ts[0]->settings, "cashback_bp"),
-                                           "base")),
-        300);
+    ck_assert_int_eq(json_integer_value(
+                         json_object_get(json_object_get(ts[0]->settings, "cashback_bp"), "base")),
+                     300);
     ck_assert_str_eq(ts[1]->name, "beta");
     ck_assert_str_eq(ts[1]->connector, "amocrm");
     ck_assert_str_eq(ts[1]->timezone, "UTC");
@@ -922,8 +919,9 @@ START_TEST(test_docs_match_schema)
         doc = out;
         same = true;
     }
-    ck_assert_msg(same, "docs/CONFIG.md is out of date with the schema; run "
-                        "LOYD_UPDATE_DOCS=1 CK_RUN_SUITE=config make check. Expected:\n%s",
+    ck_assert_msg(same,
+                  "docs/CONFIG.md is out of date with the schema; run "
+                  "LOYD_UPDATE_DOCS=1 CK_RUN_SUITE=config make check. Expected:\n%s",
                   gen.data);
     doc_keys(loyd_config_daemon_schema, "", doc.data);
     doc_keys(loyd_config_tenant_schema, "", doc.data);
