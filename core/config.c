@@ -9,6 +9,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,10 +95,19 @@ const char *loyd_cfg_nearest(const char *key, const char *const *candidates)
 
 /* ---- messages ---------------------------------------------------------------------------- */
 
+/* One message, kept until the run ends so messages can be put in file order. */
+struct vmsg {
+    int line;     /* 0: unknown */
+    unsigned seq; /* order of discovery, for ties */
+    char *text;
+};
+
 struct vctx {
     const struct loyd_cfg_source *src;
     struct loyd_buf *err;
     unsigned nerr;
+    struct vmsg *msgs;
+    size_t nmsgs, cap;
 };
 
 static int line_of(const struct vctx *v, const char *path)
@@ -109,26 +119,58 @@ static int line_of(const struct vctx *v, const char *path)
 static void verr(struct vctx *v, const char *path, int line, const char *fmt, ...)
     LOYD_PRINTF(4, 5);
 
-/* Appends `FILE[:LINE]: key 'PATH': MESSAGE`; @line 0 means unknown. */
+/* Records `FILE[:LINE]: key 'PATH': MESSAGE`; @line 0 means unknown. */
 static void verr(struct vctx *v, const char *path, int line, const char *fmt, ...)
 {
+    struct loyd_buf b = {0};
     va_list ap;
     int plen = (int)strlen(path);
+    char msg[1024];
 
     v->nerr++;
     if (line > 0)
-        loyd_buf_printf(v->err, "%s:%d: ", v->src->file, line);
+        loyd_buf_printf(&b, "%s:%d: ", v->src->file, line);
     else
-        loyd_buf_printf(v->err, "%s: ", v->src->file);
+        loyd_buf_printf(&b, "%s: ", v->src->file);
     if (plen > 0)
-        loyd_buf_printf(v->err, "key '%.*s%s': ", plen > 200 ? 200 : plen, path,
+        loyd_buf_printf(&b, "key '%.*s%s': ", plen > 200 ? 200 : plen, path,
                         plen > 200 ? "..." : "");
     va_start(ap, fmt);
-    char msg[1024];
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    loyd_buf_puts(v->err, msg);
-    loyd_buf_puts(v->err, "\n");
+    loyd_buf_puts(&b, msg);
+    loyd_buf_puts(&b, "\n");
+    if (v->nmsgs == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 16;
+        v->msgs = loyd_xrealloc(v->msgs, v->cap * sizeof(*v->msgs));
+    }
+    v->msgs[v->nmsgs] = (struct vmsg){.line = line, .seq = (unsigned)v->nmsgs, .text = b.data};
+    v->nmsgs++;
+}
+
+/* Lines in file order; messages without a line (about the file as a whole) come last. */
+static int cmp_vmsg(const void *a, const void *b)
+{
+    const struct vmsg *x = a, *y = b;
+    int lx = x->line > 0 ? x->line : INT_MAX, ly = y->line > 0 ? y->line : INT_MAX;
+    if (lx != ly)
+        return lx < ly ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Appends the recorded messages to the caller's buffer, sorted; @return the count. */
+static unsigned vflush(struct vctx *v)
+{
+    if (v->nmsgs > 1)
+        qsort(v->msgs, v->nmsgs, sizeof(*v->msgs), cmp_vmsg);
+    for (size_t i = 0; i < v->nmsgs; i++) {
+        loyd_buf_puts(v->err, v->msgs[i].text);
+        free(v->msgs[i].text);
+    }
+    free(v->msgs);
+    v->msgs = NULL;
+    v->nmsgs = v->cap = 0;
+    return v->nerr;
 }
 
 static bool path_secret(const struct vctx *v, const char *path)
@@ -461,12 +503,11 @@ int loyd_cfg_validate(const struct loyd_cfg_source *src, const char *prefix,
 {
     struct vctx v = {.src = src, .err = err};
 
-    if (!json_is_object(obj)) {
+    if (!json_is_object(obj))
         verr(&v, prefix, line_of(&v, prefix), "expected table of named keys, got %s", kind_of(obj));
-        return LOYD_ECONFIG;
-    }
-    check_table(&v, prefix, fields, obj);
-    return v.nerr ? LOYD_ECONFIG : 0;
+    else
+        check_table(&v, prefix, fields, obj);
+    return vflush(&v) ? LOYD_ECONFIG : 0;
 }
 
 /* ---- plugin schemas ---------------------------------------------------------------------- */
@@ -536,6 +577,7 @@ int loyd_config_validate_fields_src(const struct loyd_cfg_source *src, const cha
 
     if (!json_is_object(obj)) {
         verr(&v, prefix, line_of(&v, prefix), "expected table of named keys, got %s", kind_of(obj));
+        vflush(&v);
         return LOYD_ECONFIG;
     }
     for (const struct loyd_config_field *f = fields; f->type != LOYD_FIELD_END; f++)
@@ -593,7 +635,7 @@ int loyd_config_validate_fields_src(const struct loyd_cfg_source *src, const cha
         }
     }
     loyd_buf_free(&p);
-    return v.nerr ? LOYD_ECONFIG : 0;
+    return vflush(&v) ? LOYD_ECONFIG : 0;
 }
 
 int loyd_config_validate_fields(const char *file, const char *prefix,
@@ -736,7 +778,8 @@ int loyd_config_load(const char *path, struct loyd_config **out, struct loyd_buf
     if ((rc = load_data(path, &d, err)) != 0)
         return rc;
     struct loyd_cfg_source src = {.file = path, .lines = d.lines, .secrets = d.secrets};
-    rc = loyd_cfg_validate(&src, "", loyd_config_daemon_schema, d.value, err);
+    struct vctx v = {.src = &src, .err = err};
+    check_table(&v, "", loyd_config_daemon_schema, d.value);
 
     /* Two plugins of one name would fight over the same exported symbol and state. */
     json_t *plugins = json_object_get(d.value, "plugins");
@@ -745,19 +788,16 @@ int loyd_config_load(const char *path, struct loyd_config **out, struct loyd_buf
         for (size_t j = 0; ni != NULL && j < i; j++) {
             const char *nj = get_str(json_array_get(plugins, j), "name");
             if (nj != NULL && strcmp(ni, nj) == 0) {
-                struct vctx v = {.src = &src, .err = err};
                 struct loyd_buf p = {0};
                 loyd_luadata_path_index(&p, "plugins", i + 1);
                 verr(&v, p.data, line_of(&v, p.data),
-                     "plugin '%s' is already listed as "
-                     "plugins[%zu]",
-                     ni, j + 1);
+                     "plugin '%s' is already listed as plugins[%zu]", ni, j + 1);
                 loyd_buf_free(&p);
-                rc = LOYD_ECONFIG;
                 break;
             }
         }
     }
+    rc = vflush(&v) ? LOYD_ECONFIG : 0;
     if (rc != 0)
         goto fail;
 

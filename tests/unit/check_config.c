@@ -230,9 +230,14 @@ START_TEST(test_wrong_types_all_reported)
     ck_assert_has(err.data, ":9: key 'plugins[1].config': expected table of named keys, got "
                             "integer\n");
     ck_assert_int_eq(count_lines(err.data), 8);
-    /* Every line names the file. */
-    for (const char *l = err.data; *l != '\0'; l = strchr(l, '\n') + 1)
+    /* Every line names the file, and messages come in file order. */
+    int last = 0;
+    for (const char *l = err.data; *l != '\0'; l = strchr(l, '\n') + 1) {
         ck_assert(strncmp(l, path, strlen(path)) == 0);
+        int line = atoi(l + strlen(path) + 1);
+        ck_assert_int_ge(line, last);
+        last = line;
+    }
     loyd_buf_free(&err);
 }
 END_TEST
@@ -301,6 +306,11 @@ START_TEST(test_assign_and_return_forms)
     ck_assert_int_eq(load_text("listen = \"127.0.0.1:1\"\nreturn { store = \"a\" }\n", &c, &err),
                      LOYD_ECONFIG);
     ck_assert_has(err.data, "both returns a table and assigns top-level keys");
+    loyd_buf_reset(&err);
+    /* Lines are known in the return form too. */
+    ck_assert_int_eq(load_text("return {\n  store = \"a\",\n  listne = 1,\n}\n", &c, &err),
+                     LOYD_ECONFIG);
+    ck_assert_has(err.data, "loyd.conf:3: key 'listne': unknown key; did you mean 'listen'?\n");
     loyd_buf_reset(&err);
     ck_assert_int_eq(load_text("return 42\n", &c, &err), LOYD_ECONFIG);
     ck_assert_has(err.data, "the file returns a number");
