@@ -202,6 +202,19 @@ START_TEST(test_nested_typo)
     free(want);
     loyd_buf_free(&err);
 
+    /* Messages follow the file, not the schema (plugins comes after rules in the schema). */
+    ck_assert_int_eq(load_text("limits = {\n max_bdy = 1,\n}\nplugins = {\n"
+                               "  { name = \"x\", cofig = {} },\n}\nrules = { wall_ms = 2^10 }\n",
+                               &c, &err),
+                     LOYD_ECONFIG);
+    const char *a = strstr(err.data, ":2: key 'limits.max_bdy'"),
+               *b = strstr(err.data, ":5: key 'plugins[1].cofig': unknown key; did you mean "
+                                     "'config'?"),
+               *d = strstr(err.data, ":7: key 'rules.wall_ms': expected integer (milliseconds), "
+                                     "got float");
+    ck_assert_msg(a != NULL && b != NULL && d != NULL && a < b && b < d, "%s", err.data);
+    loyd_buf_reset(&err);
+
     /* A key far from every valid one gets the list of valid keys instead. */
     ck_assert_int_eq(load_text("client = { zzzzzz = 1 }\n", &c, &err), LOYD_ECONFIG);
     ck_assert_has(err.data, "key 'client.zzzzzz': unknown key (valid keys here: timeout_ms, "
