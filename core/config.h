@@ -56,7 +56,8 @@ struct loyd_cfg_field {
     const struct loyd_cfg_field *elem;   /* ARRAY, MAP: what one item is (name unused) */
     /* STRING: extra check; @return NULL if fine, else a static reason ("expected HOST:PORT"). */
     const char *(*check)(const char *value);
-    const char *help; /* one line for docs/CONFIG.md */
+    const char *help;    /* one line for docs/CONFIG.md */
+    const char *doc_def; /* the default as docs show it, when it depends on the build */
 };
 
 #define LOYD_CFG_RANGE(lo, hi) .ranged = true, .min = (lo), .max = (hi)

@@ -10,7 +10,8 @@
 
 #include "config.h"
 
-/* Where `make install` puts the stock packs; the build may override it. */
+/* Where `make install` puts the stock packs: the build should pass
+ * -DLOYD_PACKS_DIR='"$(PREFIX)/share/loyd/rules"'; this fallback matches the default PREFIX. */
 #ifndef LOYD_PACKS_DIR
 #define LOYD_PACKS_DIR "/usr/local/share/loyd/rules"
 #endif
@@ -176,7 +177,8 @@ const struct loyd_cfg_field loyd_config_daemon_schema[] = {
              "relative to the config file's directory"},
     {"packs", LOYD_CFG_STRING, LOYD_PACKS_DIR, .check = check_nonempty,
      .help = "directory where rule packs named by tenants are found, relative to the config "
-             "file's directory"},
+             "file's directory",
+     .doc_def = "the installed stock packs, `PREFIX/share/loyd/rules`"},
     {"log_level", LOYD_CFG_ENUM, "info", .choices = log_levels,
      .help = "least important messages logged"},
     {"limits", LOYD_CFG_TABLE, NULL, .fields = limits_fields,
@@ -274,6 +276,8 @@ static void md_rows(struct loyd_buf *out, const char *prefix, const struct loyd_
         loyd_buf_puts(out, " | ");
         if (f->required)
             loyd_buf_puts(out, "required");
+        else if (f->doc_def != NULL)
+            loyd_buf_puts(out, f->doc_def);
         else if (f->def == NULL && f->type == LOYD_CFG_TABLE)
             loyd_buf_puts(out, "see below");
         else if (f->def == NULL)
