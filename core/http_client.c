@@ -214,8 +214,8 @@ static void capture_value(const char *v, size_t len, char *dst, bool *has)
         v++;
         len--;
     }
-    while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' ' ||
-                       v[len - 1] == '\t'))
+    while (len > 0 &&
+           (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' ' || v[len - 1] == '\t'))
         len--;
     /* A truncated Content-Type could mislead a parser; a dropped one reads as "unknown". */
     if (len > LOYD_HTTP_MAX_HEADER_VALUE) {
@@ -442,8 +442,7 @@ static void on_timer(uv_timer_t *t)
 
 static void maybe_finish(struct loyd_http_client *c)
 {
-    if (!c->closing || c->finished || !c->timer_closed || c->socks != NULL ||
-        c->cancelled != NULL)
+    if (!c->closing || c->finished || !c->timer_closed || c->socks != NULL || c->cancelled != NULL)
         return;
     c->finished = true;
     if (c->close_cb != NULL)
@@ -539,8 +538,8 @@ int loyd_http_client_create(uv_loop_t *loop, const struct loyd_http_client_opts 
     const curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
     if (!warned && (vi->features & CURL_VERSION_ASYNCHDNS) == 0) {
         warned = true;
-        loyd_log_warn(CLIENT, "libcurl %s has no asynchronous resolver: DNS lookups will block "
-                              "the loop", vi->version);
+        loyd_log_warn(CLIENT, "libcurl %s has no asynchronous resolver: DNS will block the loop",
+                      vi->version);
     }
 
     c->multi = curl_multi_init();
@@ -568,12 +567,12 @@ int loyd_http_client_create(uv_loop_t *loop, const struct loyd_http_client_opts 
     return 0;
 }
 
-#define SETOPT(opt, val)                                                                       \
-    do {                                                                                       \
-        if (cc == CURLE_OK) {                                                                  \
-            cc = curl_easy_setopt(r->easy, opt, val);                                          \
-            failed_opt = #opt;                                                                 \
-        }                                                                                      \
+#define SETOPT(opt, val)                                                                           \
+    do {                                                                                           \
+        if (cc == CURLE_OK) {                                                                      \
+            cc = curl_easy_setopt(r->easy, opt, val);                                              \
+            failed_opt = #opt;                                                                     \
+        }                                                                                          \
     } while (0)
 
 int loyd_http_client_start(struct loyd_http_client *c, const struct loyd_http_opts *o,

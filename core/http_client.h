@@ -61,8 +61,7 @@ struct loyd_http_client_stats {
  * @param out  new client, freed by loyd_http_client_destroy() after loyd_http_client_close().
  * @return 0, or LOYD_EHTTP when curl cannot make a multi handle.  Loop thread only.
  */
-LOYD_MUST_CHECK int loyd_http_client_create(uv_loop_t *loop,
-                                            const struct loyd_http_client_opts *o,
+LOYD_MUST_CHECK int loyd_http_client_create(uv_loop_t *loop, const struct loyd_http_client_opts *o,
                                             struct loyd_http_client **out);
 
 /**
@@ -94,8 +93,7 @@ LOYD_MUST_CHECK int loyd_http_client_start(struct loyd_http_client *c,
                                            void *arg);
 
 /** Copies the counters into @p out. */
-void loyd_http_client_stats(const struct loyd_http_client *c,
-                            struct loyd_http_client_stats *out);
+void loyd_http_client_stats(const struct loyd_http_client *c, struct loyd_http_client_stats *out);
 
 /**
  * Asynchronous teardown.  Right away: every in-flight transfer is removed from curl and the

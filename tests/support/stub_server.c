@@ -67,15 +67,16 @@ struct stub_conn {
     struct loyd_buf url, body, hname, hval;
     struct loyd_stub_header *headers;
     size_t n_headers;
-    bool in_value;  /* the parser is inside a header value (hname/hval hold a pair) */
-    int reject;     /* 413/431 when a limit was hit */
-    bool busy;      /* a request is complete and not answered yet: later bytes wait */
+    bool in_value; /* the parser is inside a header value (hname/hval hold a pair) */
+    int reject;    /* 413/431 when a limit was hit */
+    bool busy;     /* a request is complete and not answered yet: later bytes wait */
     bool keep_alive;
     struct loyd_buf pending; /* bytes that arrived while busy */
 
     char *out; /* the serialised answer waiting for its delay */
     size_t out_len;
     bool out_close; /* drop instead of answering */
+    bool out_stall; /* the answer is headers only, and the body never comes */
 };
 
 struct stub_write {
@@ -425,28 +426,34 @@ static const http_parser_settings parser_settings = {
 
 static const char *reason(int status)
 {
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 413: return "Content Too Large";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    default: return "Status";
-    }
+    static const struct {
+        int status;
+        const char *text;
+    } reasons[] = {
+        {100, "Continue"},
+        {200, "OK"},
+        {201, "Created"},
+        {204, "No Content"},
+        {301, "Moved Permanently"},
+        {302, "Found"},
+        {303, "See Other"},
+        {307, "Temporary Redirect"},
+        {308, "Permanent Redirect"},
+        {400, "Bad Request"},
+        {401, "Unauthorized"},
+        {403, "Forbidden"},
+        {404, "Not Found"},
+        {413, "Content Too Large"},
+        {429, "Too Many Requests"},
+        {431, "Request Header Fields Too Large"},
+        {500, "Internal Server Error"},
+        {502, "Bad Gateway"},
+        {503, "Service Unavailable"},
+    };
+    for (size_t i = 0; i < LOYD_ARRAY_SIZE(reasons); i++)
+        if (reasons[i].status == status)
+            return reasons[i].text;
+    return "Status";
 }
 
 /* Builds the whole answer; a HEAD request gets the headers only. */
@@ -455,10 +462,10 @@ static void serialise(struct loyd_buf *out, const struct loyd_stub_reply *r, boo
 {
     int status = r->status ? r->status : 200;
     const char *body = r->body_owned != NULL ? r->body_owned : r->body;
-    size_t len = r->fill_len ? r->fill_len
+    size_t len = r->fill_len             ? r->fill_len
                  : r->body_owned != NULL ? r->body_len
-                 : body != NULL ? (r->body_len ? r->body_len : strlen(body))
-                                : 0;
+                 : body != NULL          ? (r->body_len ? r->body_len : strlen(body))
+                                         : 0;
     char *fill = NULL;
 
     if (r->fill_len) {
@@ -476,7 +483,7 @@ static void serialise(struct loyd_buf *out, const struct loyd_stub_reply *r, boo
     for (const char *const *h = r->headers; h != NULL && *h != NULL; h++)
         loyd_buf_printf(out, "%s\r\n", *h);
     loyd_buf_puts(out, keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
-    if (!head) {
+    if (!head && !r->stall_body) {
         if (!r->chunked) {
             loyd_buf_append(out, body, len);
         } else {
@@ -549,6 +556,11 @@ static void send_out(struct stub_conn *c)
         free(out);
         conn_close(c);
         return;
+    }
+    if (c->out_stall) {
+        conn_write(c, out, len, false);
+        free(out);
+        return; /* busy for good, like a hang, but after the headers */
     }
     bool close_after = !c->keep_alive;
     conn_write(c, out, len, close_after);
@@ -633,6 +645,7 @@ answer:
     c->out = out.data ? out.data : loyd_xstrdup("");
     c->out_len = out.len;
     c->out_close = reply.action == LOYD_STUB_DROP;
+    c->out_stall = reply.stall_body;
     if (reply.delay_ms > 0) {
         uv_timer_start(&c->delay, on_delay, reply.delay_ms, 0);
         return;

@@ -51,6 +51,8 @@ struct loyd_stub_reply {
     const char *location;       /* non-NULL: adds "Location: <location>" */
     uint32_t delay_ms;          /* wait this long before answering (or dropping) */
     bool chunked;               /* Transfer-Encoding: chunked instead of Content-Length */
+    bool stall_body;            /* send status line and headers (announcing the body), then
+                                   nothing more; the connection stays open */
     char *body_owned;           /* handlers only: a malloc()ed body (body_len bytes) the stub
                                    frees; takes precedence over body */
 };
@@ -101,8 +103,7 @@ void loyd_stub_hang(struct loyd_stub *s, const char *path);
 /** Shorthand: close the connection without answering. */
 void loyd_stub_drop(struct loyd_stub *s, const char *path);
 /** Calls @p fn (on the stub thread) to build each answer for @p path. */
-void loyd_stub_handler(struct loyd_stub *s, const char *path, loyd_stub_handler_fn fn,
-                       void *arg);
+void loyd_stub_handler(struct loyd_stub *s, const char *path, loyd_stub_handler_fn fn, void *arg);
 
 /** Requests received for @p path (NULL: for every path, routed or not). */
 unsigned loyd_stub_hits(struct loyd_stub *s, const char *path);

@@ -288,15 +288,14 @@ START_TEST(test_4xx_5xx_are_responses)
     struct result a = {0}, b = {0}, c = {0};
 
     loyd_stub_route(stub, "/missing", 404, "{\"error\":\"NOT_FOUND\"}", 0);
-    loyd_stub_set(stub, "/busy",
-                  &(struct loyd_stub_reply){.status = 503,
-                                            .body = "try later",
-                                            .headers = (const char *const[]){"Retry-After:  7 ",
-                                                                             NULL}});
+    loyd_stub_set(
+        stub, "/busy",
+        &(struct loyd_stub_reply){.status = 503,
+                                  .body = "try later",
+                                  .headers = (const char *const[]){"Retry-After:  7 ", NULL}});
     loyd_stub_set(stub, "/rate",
                   &(struct loyd_stub_reply){
-                      .status = 429,
-                      .headers = (const char *const[]){"retry-after: 2", NULL}});
+                      .status = 429, .headers = (const char *const[]){"retry-after: 2", NULL}});
     start_ok("GET", "/missing", NULL, false, 0, 0, &a);
     start_ok("POST", "/busy", "x=1", false, 0, 0, &b);
     start_ok("GET", "/rate", NULL, false, 0, 0, &c);
@@ -334,11 +333,11 @@ START_TEST(test_header_values_bounded)
     memset(longct, 'a', sizeof(longct) - 1);
     longct[sizeof(longct) - 1] = '\0';
     snprintf(hdr, sizeof(hdr), "Content-Type: text/%s", longct);
-    loyd_stub_set(stub, "/longct",
-                  &(struct loyd_stub_reply){
-                      .status = 200,
-                      .body = "b",
-                      .headers = (const char *const[]){hdr, "Retry-After: 120", NULL}});
+    loyd_stub_set(
+        stub, "/longct",
+        &(struct loyd_stub_reply){.status = 200,
+                                  .body = "b",
+                                  .headers = (const char *const[]){hdr, "Retry-After: 120", NULL}});
     start_ok("GET", "/longct", NULL, false, 0, 0, &r);
     run_until_calls(&r, 1);
     ck_assert_int_eq(r.err, 0);
@@ -423,7 +422,14 @@ START_TEST(test_too_big)
     ck_assert_uint_eq(r.body_len, 1000);
     ck_assert_uint_eq(strspn(r.body, "x"), 1000);
 
-    ck_assert_uint_eq(stats().too_big, 2);
+    /* The announced length alone is refused: the body never comes, yet no timeout. */
+    loyd_stub_set(stub, "/announced",
+                  &(struct loyd_stub_reply){.status = 200, .fill_len = 100000, .stall_body = true});
+    start_ok("GET", "/announced", NULL, false, 5000, 1000, &r);
+    run_until_calls(&r, 5);
+    ck_assert_int_eq(r.err, LOYD_ETOOBIG);
+
+    ck_assert_uint_eq(stats().too_big, 3);
     ck_assert_uint_eq(stats().ok_2xx, 2);
     result_free(&r);
 }
@@ -466,12 +472,12 @@ START_TEST(test_redirect_post_followed)
         char old[32];
         snprintf(old, sizeof(old), "/old%d", codes[i]);
         /* The hop's own headers must not leak into the final response. */
-        loyd_stub_set(stub, old,
-                      &(struct loyd_stub_reply){
-                          .status = codes[i],
-                          .location = "/new",
-                          .headers = (const char *const[]){"Content-Type: text/html",
-                                                           "Retry-After: 5", NULL}});
+        loyd_stub_set(
+            stub, old,
+            &(struct loyd_stub_reply){.status = codes[i],
+                                      .location = "/new",
+                                      .headers = (const char *const[]){"Content-Type: text/html",
+                                                                       "Retry-After: 5", NULL}});
         start_ok("POST", old, body, true, 0, 0, &r);
         run_until_calls(&r, 1);
         ck_assert_msg(r.err == 0, "%d: err %d", codes[i], r.err);
@@ -610,8 +616,8 @@ START_TEST(test_log_redacts_secrets)
     ck_assert_int_ge(saved, 0);
     ck_assert_int_ge(dup2(fd, STDERR_FILENO), 0);
 
-    snprintf(url, sizeof(url), "http://user:SECRET_PASS@127.0.0.1:%d/rest/crm.deal.get?auth=SECRET_Q",
-             port);
+    snprintf(url, sizeof(url),
+             "http://user:SECRET_PASS@127.0.0.1:%d/rest/crm.deal.get?auth=SECRET_Q", port);
     struct loyd_http_opts o = {
         .method = "POST", .url = url, .headers = hdrs, .body = "SECRET_BODY", .body_len = 11};
     ck_assert_int_eq(start(&o, &r), 0);
@@ -650,12 +656,10 @@ START_TEST(test_bad_arguments)
     ck_assert_int_eq(start(&(struct loyd_http_opts){.url = url, .method = "GE T"}, &r), -EINVAL);
     ck_assert_int_eq(start(&(struct loyd_http_opts){.url = url, .method = ""}, &r), -EINVAL);
     ck_assert_int_eq(start(&(struct loyd_http_opts){.url = url, .headers = crlf}, &r), -EINVAL);
-    ck_assert_int_eq(start(&(struct loyd_http_opts){.url = url, .headers = nocolon}, &r),
-                     -EINVAL);
+    ck_assert_int_eq(start(&(struct loyd_http_opts){.url = url, .headers = nocolon}, &r), -EINVAL);
     ck_assert_int_eq(start(&(struct loyd_http_opts){.url = url, .body_len = 5}, &r), -EINVAL);
-    ck_assert_int_eq(loyd_http_client_start(client, &(struct loyd_http_opts){.url = url}, NULL,
-                                            NULL),
-                     -EINVAL);
+    ck_assert_int_eq(
+        loyd_http_client_start(client, &(struct loyd_http_opts){.url = url}, NULL, NULL), -EINVAL);
     for (int i = 0; i < 5; i++)
         uv_run(&loop, UV_RUN_NOWAIT);
     ck_assert_int_eq(r.calls, 0); /* refused starts never call back */
@@ -815,8 +819,8 @@ static void chain_done(void *arg, int err, const struct loyd_http_response *res)
         snprintf(path, sizeof(path), "/step%d", ch->step);
         char *url = loyd_stub_url(stub, path);
         in_start = true;
-        int rc = loyd_http_client_start(client, &(struct loyd_http_opts){.url = url}, chain_done,
-                                        ch);
+        int rc =
+            loyd_http_client_start(client, &(struct loyd_http_opts){.url = url}, chain_done, ch);
         in_start = false;
         ck_assert_int_eq(rc, 0);
         free(url);
@@ -833,9 +837,8 @@ START_TEST(test_start_from_callback)
     loyd_stub_route(stub, "/step3", 200, "3", 0);
     char *url = loyd_stub_url(stub, "/step0");
     in_start = true;
-    ck_assert_int_eq(loyd_http_client_start(client, &(struct loyd_http_opts){.url = url},
-                                            chain_done, &ch),
-                     0);
+    ck_assert_int_eq(
+        loyd_http_client_start(client, &(struct loyd_http_opts){.url = url}, chain_done, &ch), 0);
     in_start = false;
     free(url);
     while (ch.step < ch.steps)
@@ -863,8 +866,8 @@ static void closer_done(void *arg, int err, const struct loyd_http_response *res
 
     on_done(r, err, res);
     loyd_http_client_close(client, on_closed, NULL);
-    closer_start_rc = loyd_http_client_start(client, &(struct loyd_http_opts){.url = url},
-                                             on_done, &closer_other);
+    closer_start_rc = loyd_http_client_start(client, &(struct loyd_http_opts){.url = url}, on_done,
+                                             &closer_other);
     free(url);
 }
 
@@ -877,9 +880,9 @@ START_TEST(test_close_from_callback)
     start_ok("GET", "/hang", NULL, false, 0, 0, &hanging);
     run_until_hits("/hang", 1);
     char *url = loyd_stub_url(stub, "/fast");
-    ck_assert_int_eq(loyd_http_client_start(client, &(struct loyd_http_opts){.url = url},
-                                            closer_done, &first),
-                     0);
+    ck_assert_int_eq(
+        loyd_http_client_start(client, &(struct loyd_http_opts){.url = url}, closer_done, &first),
+        0);
     free(url);
     client_closed = false;
     while (!client_closed)
