@@ -139,10 +139,77 @@ static bool header_named(const char *h, const char *name)
     return strncasecmp(h, name, n) == 0 && h[n] == ':';
 }
 
+/* The longest path we log; longer ones are cut (the log line has its own limit too). */
+#define LOG_PATH_MAX 200
+
+/*
+ * A path segment that looks like a credential: long, made only of token characters, with both
+ * letters and digits.  Bitrix24 incoming-webhook codes ("b4z8hbq3m1i9pw2a") match; method
+ * names ("crm.deal.get") and numeric ids (Zoho's 19-digit ones) do not.
+ */
+static bool segment_secret(const char *seg, size_t len)
+{
+    bool alpha = false, digit = false;
+
+    if (len < 16)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)seg[i];
+        if (ch >= '0' && ch <= '9')
+            digit = true;
+        else if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z'))
+            alpha = true;
+        else if (ch != '_' && ch != '-')
+            return false;
+    }
+    return alpha && digit;
+}
+
+/*
+ * The path as we log it.  Bitrix24 incoming webhooks carry their secret in the path
+ * (/rest/<user_id>/<code>/<method>), so that segment, and any segment that looks like a token,
+ * becomes "***".  @return new.
+ */
+static char *redact_path(const char *path)
+{
+    struct loyd_buf b = {0};
+    const char *p = path;
+    int idx = 0;
+    bool bitrix_rest = false, bitrix_user = false;
+
+    while (*p != '\0') {
+        if (*p == '/') {
+            loyd_buf_append(&b, "/", 1);
+            p++;
+            continue;
+        }
+        size_t len = strcspn(p, "/");
+        bool secret = segment_secret(p, len) || (bitrix_user && idx == 2);
+        if (idx == 0)
+            bitrix_rest = len == 4 && memcmp(p, "rest", 4) == 0;
+        if (idx == 1)
+            bitrix_user = bitrix_rest && len > 0 && strspn(p, "0123456789") == len;
+        if (secret)
+            loyd_buf_puts(&b, "***");
+        else
+            loyd_buf_append(&b, p, len);
+        p += len;
+        idx++;
+    }
+    if (b.len > LOG_PATH_MAX) {
+        b.len = LOG_PATH_MAX;
+        b.data[b.len] = '\0';
+        loyd_buf_puts(&b, "...");
+    }
+    if (b.data == NULL)
+        loyd_buf_puts(&b, "/");
+    return b.data;
+}
+
 /*
  * Parses the URL once up front so that a bad one fails synchronously with -EINVAL, and builds
- * the redacted form we log: the query may carry tokens (amoCRM, Bitrix24 webhooks put secrets
- * there and in userinfo), so only scheme, host, port and path are kept.
+ * the redacted form we log: the query and userinfo may carry tokens (Bitrix24 OAuth calls pass
+ * auth=<token>), so only scheme, host, port and the redacted path are kept.
  */
 static int url_check(const char *method, const char *url, char **log_url)
 {
@@ -163,8 +230,10 @@ static int url_check(const char *method, const char *url, char **log_url)
         port = NULL; /* none given: the scheme's default */
     if (curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
         path = NULL;
+    char *safe = redact_path(path ? path : "/");
     *log_url = loyd_xasprintf("%s %s://%s%s%s%s", method, scheme, host, port ? ":" : "",
-                              port ? port : "", path ? path : "/");
+                              port ? port : "", safe);
+    free(safe);
     rc = 0;
 done:
     curl_free(scheme);
@@ -643,14 +712,18 @@ int loyd_http_client_start(struct loyd_http_client *c, const struct loyd_http_op
         goto fail;
     }
     uint32_t timeout = o->timeout_ms ? o->timeout_ms : c->opts.default_timeout_ms;
+    /* curl takes a long: keep it positive where long has 32 bits. */
+    long timeout_l = timeout > INT32_MAX ? INT32_MAX : (long)timeout;
+    long connect_l =
+        c->opts.connect_timeout_ms > INT32_MAX ? INT32_MAX : (long)c->opts.connect_timeout_ms;
     SETOPT(CURLOPT_PRIVATE, (void *)r);
     SETOPT(CURLOPT_URL, o->url);
     SETOPT(CURLOPT_NOSIGNAL, 1L);
     SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
     /* http too, so loopback emulators and tests work; the caller chose the first scheme. */
     SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)c->opts.connect_timeout_ms);
-    SETOPT(CURLOPT_TIMEOUT_MS, (long)timeout);
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, connect_l);
+    SETOPT(CURLOPT_TIMEOUT_MS, timeout_l);
     SETOPT(CURLOPT_ERRORBUFFER, r->errbuf);
     SETOPT(CURLOPT_WRITEFUNCTION, on_write);
     SETOPT(CURLOPT_WRITEDATA, (void *)r);
