@@ -82,7 +82,8 @@ LOYD_MUST_CHECK int loyd_http_client_create(uv_loop_t *loop, const struct loyd_h
  *
  * With o->follow_redirects, 301/302/303/307/308 are followed (at most max_redirects hops)
  * re-sending the SAME method and body: Bitrix24 moves a portal with a 302 and the POST must
- * stay intact.  Without it, a 3xx is an ordinary response.  Redirects go to http/https only.
+ * stay intact.  Without it, a 3xx is an ordinary response.  Redirects go to http/https only,
+ * and (curl's rule) an Authorization or Cookie header is not re-sent to another host or port.
  *
  * @return 0; -EINVAL for a NULL/unparsable URL, a scheme other than http/https, a malformed
  * method or a header containing CR/LF; LOYD_ECLOSED after close(); LOYD_EHTTP if curl refuses

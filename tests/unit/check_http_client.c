@@ -250,6 +250,31 @@ START_TEST(test_post_body_intact)
 }
 END_TEST
 
+/* A caller that asks for "Expect: 100-continue" gets it; the stub answers 100 first. */
+START_TEST(test_expect_continue)
+{
+    struct result r = {0};
+    struct loyd_stub_req rq;
+    char *url = loyd_stub_url(stub, "/up");
+    const char *hdrs[] = {"Expect: 100-continue", NULL};
+    struct loyd_http_opts o = {
+        .method = "PUT", .url = url, .headers = hdrs, .body = "payload", .body_len = 7};
+
+    loyd_stub_route(stub, "/up", 200, "stored", 0);
+    ck_assert_int_eq(start(&o, &r), 0);
+    free(url);
+    run_until_calls(&r, 1);
+    ck_assert_int_eq(r.err, 0);
+    ck_assert_str_eq(r.body, "stored");
+    ck_assert(loyd_stub_last(stub, "/up", &rq));
+    ck_assert_str_eq(rq.method, "PUT");
+    ck_assert_str_eq(rq.body, "payload");
+    ck_assert_str_eq(loyd_stub_req_header(&rq, "Expect"), "100-continue");
+    loyd_stub_req_free(&rq);
+    result_free(&r);
+}
+END_TEST
+
 START_TEST(test_other_methods)
 {
     struct result r = {0};
@@ -512,6 +537,45 @@ START_TEST(test_redirect_patch_followed)
     ck_assert_str_eq(rq.method, "PATCH");
     ck_assert_str_eq(rq.body, "[1,2]");
     loyd_stub_req_free(&rq);
+    result_free(&r);
+}
+END_TEST
+
+/* A portal move to another host keeps the POST body but not the Authorization header. */
+START_TEST(test_redirect_other_host_drops_auth)
+{
+    struct result r = {0};
+    struct loyd_stub_req rq;
+    struct loyd_stub *other = loyd_stub_start();
+    char *target = loyd_stub_url(other, "/rest/crm.deal.get");
+    char *url = loyd_stub_url(stub, "/rest/crm.deal.get");
+    const char *hdrs[] = {"Authorization: Bearer abc", "X-Keep: 1", NULL};
+    struct loyd_http_opts o = {.method = "POST",
+                               .url = url,
+                               .headers = hdrs,
+                               .body = "id=759",
+                               .body_len = 6,
+                               .follow_redirects = true};
+
+    loyd_stub_redirect(stub, "/rest/crm.deal.get", 302, target);
+    loyd_stub_route(other, "/rest/crm.deal.get", 200, "{}", 0);
+    ck_assert_int_eq(start(&o, &r), 0);
+    run_until_calls(&r, 1);
+    ck_assert_int_eq(r.err, 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert(loyd_stub_last(stub, "/rest/crm.deal.get", &rq));
+    ck_assert_str_eq(loyd_stub_req_header(&rq, "Authorization"), "Bearer abc");
+    loyd_stub_req_free(&rq);
+    ck_assert(loyd_stub_last(other, "/rest/crm.deal.get", &rq));
+    ck_assert_str_eq(rq.method, "POST");
+    ck_assert_str_eq(rq.body, "id=759");
+    ck_assert_str_eq(loyd_stub_req_header(&rq, "X-Keep"), "1");
+    ck_assert_ptr_null(loyd_stub_req_header(&rq, "Authorization"));
+    loyd_stub_req_free(&rq);
+    free(url);
+    free(target);
+    close_client(); /* before the second stub goes: no connection to it stays open */
+    loyd_stub_stop(other);
     result_free(&r);
 }
 END_TEST
@@ -974,6 +1038,7 @@ Suite *http_client_suite(void)
     tcase_add_test(tc, test_empty_body_and_head);
     tcase_add_test(tc, test_post_body_intact);
     tcase_add_test(tc, test_other_methods);
+    tcase_add_test(tc, test_expect_continue);
     tcase_add_test(tc, test_4xx_5xx_are_responses);
     tcase_add_test(tc, test_header_values_bounded);
     tcase_add_test(tc, test_timeout);
@@ -982,6 +1047,7 @@ Suite *http_client_suite(void)
     tcase_add_test(tc, test_default_max_response);
     tcase_add_test(tc, test_redirect_post_followed);
     tcase_add_test(tc, test_redirect_patch_followed);
+    tcase_add_test(tc, test_redirect_other_host_drops_auth);
     tcase_add_test(tc, test_redirect_not_followed);
     tcase_add_test(tc, test_redirect_limits);
     tcase_add_test(tc, test_connection_refused);
