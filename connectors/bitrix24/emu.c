@@ -52,6 +52,8 @@ const json_t *b24_param(const json_t *p, const char *lower)
 
 bool b24_scalar(const json_t *v, char *buf, size_t size)
 {
+    if (v == NULL)
+        return false;
     switch (json_typeof(v)) {
     case JSON_STRING:
         snprintf(buf, size, "%s", json_string_value(v));

@@ -628,18 +628,18 @@ static bool matches(const json_t *o, const json_t *filter, int tz)
     json_t *want;
 
     json_object_foreach((json_t *)filter, key, want) {
-        const char *op = "=";
+        const char *op = "=", *field = key; /* `key` itself drives the iteration */
         for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
             if (strncmp(key, ops[i], strlen(ops[i])) == 0) {
                 op = ops[i];
-                key += strlen(ops[i]);
+                field = key + strlen(ops[i]);
                 break;
             }
         }
-        const json_t *have = json_object_get(o, key);
+        const json_t *have = json_object_get(o, field);
         if (have == NULL && json_object_get(o, "ID") != NULL)
             continue; /* a field this portal does not have: the condition is ignored */
-        if (!match_one(op, key, have, want, tz))
+        if (!match_one(op, field, have, want, tz))
             return false;
     }
     return true;
