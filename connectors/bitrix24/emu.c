@@ -400,7 +400,8 @@ int b24emu_create(const json_t *o, b24emu_form_parse_fn form_parse, void *form_c
                            ? b24_strdup(opt_str(o, "client_secret", ""))
                            : NULL;
     e->currency = b24_strdup(opt_str(o, "currency", "RUB"));
-    e->server_endpoint = b24_strdup(opt_str(o, "server_endpoint", "https://oauth.bitrix.info/rest/"));
+    e->server_endpoint =
+        b24_strdup(opt_str(o, "server_endpoint", "https://oauth.bitrix.info/rest/"));
     if ((rc = opt_int(o, "tz_offset_min", 180, -720, 840, &x, err)) != 0)
         goto fail;
     e->tz_min = (int)x;
@@ -947,7 +948,8 @@ static void m_batch(struct b24_call *c, const json_t *p)
     size_t n = json_is_object(cmd) ? json_object_size(cmd) : json_array_size(cmd);
 
     if (c->in_batch) {
-        b24_fail(c, 405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage.");
+        b24_fail(c, 405, "ERROR_BATCH_METHOD_NOT_ALLOWED",
+                 "Method is not allowed for batch usage.");
         goto out;
     }
     if (!json_is_object(cmd) && !json_is_array(cmd)) {

@@ -176,7 +176,8 @@ static void pump(struct emu_srv *s)
     char *url;
     json_t *payload;
 
-    while (!s->stopped && s->inflight < EVENTS_IN_FLIGHT && b24emu_event_pop(s->emu, &url, &payload)) {
+    while (!s->stopped && s->inflight < EVENTS_IN_FLIGHT &&
+           b24emu_event_pop(s->emu, &url, &payload)) {
         struct sbuf b = {0};
         char path[512] = "";
         form_encode(&b, payload, path, 0, 0);
