@@ -449,7 +449,7 @@ json_t *loyd_ledger_lots_json(const struct loyd_ledger *lg, int64_t now_ms, int 
                               (json_int_t)l->remaining, "expires_at", (json_int_t)l->expires_ms);
         if (l->expires_ms != 0) {
             char d[11];
-            loyd_date_format(l->expires_ms, tz_offset_min, d);
+            loyd_date_format(l->expires_ms - 1, tz_offset_min, d); /* last valid day */
             json_object_set_new(o, "expires_on", json_string(d));
         }
         if (l->ref != NULL)
