@@ -282,6 +282,38 @@ static int l_setmetatable(lua_State *L)
     return 1;
 }
 
+/*
+ * xpcall runs its message handler before unwinding; when the error came from the count hook,
+ * Lua has hooks disabled at that point (allowhook is cleared while a hook runs and only
+ * restored by the unwinding pcall), so a looping handler would run unbudgeted.  This xpcall
+ * calls the handler after unwinding instead.  Without the debug library a handler cannot
+ * inspect the failing stack, so rules see no other difference.
+ */
+static int l_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    luaL_checkstack(L, n + 2, "xpcall arguments");
+    lua_pushvalue(L, 1);
+    for (int i = 3; i <= n; i++)
+        lua_pushvalue(L, i);
+    int st = lua_pcall(L, n - 2, LUA_MULTRET, 0);
+    if (st == LUA_OK) {
+        lua_pushboolean(L, 1);
+        lua_insert(L, n + 1);
+        return lua_gettop(L) - n;
+    }
+    if (st != LUA_ERRMEM) { /* like Lua: no handler for memory errors */
+        lua_pushvalue(L, 2);
+        lua_insert(L, -2);
+        lua_call(L, 1, 1);
+    }
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+}
+
 /* string.rep loops in C without hooks: refuse big results, and the empty-string case that
  * would spin n times producing nothing. */
 static int l_string_rep(lua_State *L)
@@ -575,12 +607,14 @@ static int l_json_decode(lua_State *L)
 
 static void set_nil(lua_State *L, int t, const char *field)
 {
+    t = lua_absindex(L, t);
     lua_pushnil(L);
     lua_setfield(L, t, field);
 }
 
 static void wrap(lua_State *L, int t, const char *field, lua_CFunction fn)
 {
+    t = lua_absindex(L, t);
     lua_getfield(L, t, field);
     lua_pushcclosure(L, fn, 1);
     lua_setfield(L, t, field);
@@ -625,6 +659,8 @@ static int l_setup(lua_State *L)
     lua_setfield(L, g, "next");
     lua_pushcfunction(L, l_setmetatable);
     lua_setfield(L, g, "setmetatable");
+    lua_pushcfunction(L, l_xpcall);
+    lua_setfield(L, g, "xpcall");
 
     /* Library tables are changed in place: the string metatable's __index is the real string
      * table, so ("").dump must be gone from it, not only from the proxy. */
@@ -738,13 +774,16 @@ int loyd_sandbox_create(const char *name, const struct loyd_sandbox_limits *lim,
         goto fail;
     }
     lua_atpanic(sb->L, l_panic);
-    rc = run_protected(sb, l_setup, sb, 0, &base, NULL);
+    struct loyd_buf err = { 0 };
+    rc = run_protected(sb, l_setup, sb, 0, &base, &err);
     lua_settop(sb->L, base);
     if (rc != 0) {
-        loyd_log_err(LUA, "sandbox %s: setup failed: %s", sb->name, loyd_strerror(rc));
+        loyd_log_err(LUA, "sandbox %s: setup failed: %s", sb->name, err.data);
+        loyd_buf_free(&err);
         rc = -ENOMEM;
         goto fail;
     }
+    loyd_buf_free(&err);
     *out = sb;
     return 0;
 fail:
