@@ -620,6 +620,28 @@ static void wrap(lua_State *L, int t, const char *field, lua_CFunction fn)
     lua_setfield(L, t, field);
 }
 
+/*
+ * Built-in helpers written in Lua, run at setup with the restricted globals.  loyd.keys exists
+ * because Lua 5.4 seeds its string hash per state: pairs() order differs between sandboxes
+ * and runs, so a rule that builds output in pairs order would not reproduce.
+ */
+static const char builtin_lua[] =
+    "local sort, type, pairs, array = table.sort, type, pairs, loyd.array\n"
+    "local function before(a, b)\n"
+    "  local ta, tb = type(a), type(b)\n"
+    "  if ta ~= tb then return ta < tb end\n"
+    "  if ta ~= 'string' and ta ~= 'number' then\n"
+    "    error('loyd.keys: keys must be strings or numbers, got ' .. ta, 3)\n"
+    "  end\n"
+    "  return a < b\n"
+    "end\n"
+    "function loyd.keys(t)\n"
+    "  local ks, n = {}, 0\n"
+    "  for k in pairs(t) do n = n + 1; ks[n] = k end\n"
+    "  sort(ks, before)\n"
+    "  return array(ks)\n"
+    "end\n";
+
 static int l_setup(lua_State *L)
 {
     static const luaL_Reg libs[] = {
@@ -690,6 +712,9 @@ static int l_setup(lua_State *L)
     loyd_luajson_push_null(L);
     lua_setfield(L, -2, "json_null");
     lua_setfield(L, g, "loyd");
+    if (luaL_loadbufferx(L, builtin_lua, sizeof(builtin_lua) - 1, "=loyd/builtin", "t") != 0)
+        return lua_error(L);
+    lua_call(L, 0, 0);
 
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &modules_key);

@@ -935,6 +935,22 @@ START_TEST(test_frozen_clock)
 }
 END_TEST
 
+START_TEST(test_sorted_keys)
+{
+    /* pairs() order depends on a per-state hash seed; loyd.keys gives a stable order. */
+    json_t *r = eval("loyd.keys({ b = 1, a = 2, [2] = 0, [1] = 0, c = loyd.null })", 0);
+    assert_json_eq(r, "[1, 2, \"a\", \"b\", \"c\"]");
+    json_decref(r);
+    r = eval("loyd.keys(arg)", 0);
+    assert_json_eq(r, "[\"k\", \"list\"]");
+    json_decref(r);
+    r = eval("loyd.keys({})", 0);
+    assert_json_eq(r, "[]");
+    json_decref(r);
+    assert_raises("loyd.keys({ [true] = 1, [false] = 2 })", "keys must be strings or numbers");
+}
+END_TEST
+
 START_TEST(test_date_helpers)
 {
     json_t *r = eval("{ loyd.date_add_days('2024-02-29', 365), loyd.date_add_days('2024-02-29', 366),"
@@ -1128,6 +1144,7 @@ Suite *sandbox_suite(void)
     tcase_add_test(tc, test_random_deterministic);
     tcase_add_test(tc, test_frozen_clock);
     tcase_add_test(tc, test_date_helpers);
+    tcase_add_test(tc, test_sorted_keys);
     suite_add_tcase(s, tc);
     return s;
 }
