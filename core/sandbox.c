@@ -488,7 +488,7 @@ static int push_date(lua_State *L, int64_t days)
     if (days < -719528 || days > 2932896)
         return luaL_error(L, "date out of range (years 0000..9999)");
     civil_from_days(days, &y, &m, &d);
-    char buf[16];
+    char buf[32];
     snprintf(buf, sizeof(buf), "%04d-%02u-%02u", (int)y, m, d);
     lua_pushstring(L, buf);
     return 1;

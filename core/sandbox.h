@@ -11,9 +11,10 @@
  * hook; next/pairs see through read-only proxies), table (move capped), string (minus dump,
  * rep capped), math (random seeded per call, no randomseed), utf8, and a
  * `loyd` table: log, now, today, date_add_days, days_between, null/json_null, array, is_array,
- * keys (sorted: pairs order is not reproducible), json_encode, json_decode, plus whatever the rule engine adds with loyd_sandbox_define() or
- * loyd_sandbox_prelude().  print is routed to loyd.log.  Every global and library table is a
- * read-only proxy; a rule file must `return` a table of handlers.
+ * keys (sorted: pairs order is not reproducible), json_encode, json_decode, plus whatever the
+ * rule engine adds with loyd_sandbox_define() or loyd_sandbox_prelude().  print is routed to
+ * loyd.log.  Every global and library table is a read-only proxy; a rule file must `return` a
+ * table of handlers.
  *
  * Lifecycle: create -> (define | prelude)* -> [freeze] -> (load | handlers | call)* -> destroy.
  * The first load freezes implicitly.  All functions: loop thread only (one thread at a time per
