@@ -151,8 +151,8 @@ static int l_msgh(lua_State *L)
  * the nres results sit above *base; the caller must lua_settop(L, *base).
  * @return 0, LOYD_EBUDGET, LOYD_ERULEMEM or LOYD_ERULE (message appended to err).
  */
-static int run_protected(struct loyd_sandbox *sb, lua_CFunction fn, void *ud, int nres,
-                         int *base, struct loyd_buf *err)
+static int run_protected(struct loyd_sandbox *sb, lua_CFunction fn, void *ud, int nres, int *base,
+                         struct loyd_buf *err)
 {
     lua_State *L = sb->L;
     int rc = 0;
@@ -178,8 +178,7 @@ static int run_protected(struct loyd_sandbox *sb, lua_CFunction fn, void *ud, in
             loyd_buf_puts(err, m != NULL ? m : "(error object is not a string)");
             if (rc == LOYD_EBUDGET && strstr(err->data, "CPU budget") == NULL)
                 loyd_buf_printf(err, " (killed: CPU budget, %s)",
-                                sb->b.killed == KILL_INSTRUCTIONS ? "instructions"
-                                                                  : "wall clock");
+                                sb->b.killed == KILL_INSTRUCTIONS ? "instructions" : "wall clock");
         }
         lua_settop(L, *base);
     } else {
@@ -329,8 +328,7 @@ static int l_string_rep(lua_State *L)
     }
     if ((lua_Unsigned)n > LOYD_SANDBOX_MAX_REP ||
         (size_t)n * l + (size_t)(n - 1) * lsep > LOYD_SANDBOX_MAX_REP)
-        return luaL_error(L, "string.rep result larger than %d bytes",
-                          (int)LOYD_SANDBOX_MAX_REP);
+        return luaL_error(L, "string.rep result larger than %d bytes", (int)LOYD_SANDBOX_MAX_REP);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, 1);
@@ -461,8 +459,8 @@ static int64_t check_date(lua_State *L, int arg)
 {
     size_t len;
     const char *s = luaL_checklstring(L, arg, &len);
-    static const unsigned mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-    unsigned v[3] = { 0, 0, 0 };
+    static const unsigned mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    unsigned v[3] = {0, 0, 0};
     bool ok = len == 10 && s[4] == '-' && s[7] == '-';
 
     for (size_t i = 0; ok && i < 10; i++) {
@@ -550,7 +548,7 @@ static int l_push_string_tramp(lua_State *L)
 
 static int l_json_encode(lua_State *L)
 {
-    struct loyd_buf e = { 0 };
+    struct loyd_buf e = {0};
     json_t *j = NULL;
 
     luaL_checkany(L, 1);
@@ -645,25 +643,25 @@ static const char builtin_lua[] =
 static int l_setup(lua_State *L)
 {
     static const luaL_Reg libs[] = {
-        { LUA_GNAME, luaopen_base },       { LUA_TABLIBNAME, luaopen_table },
-        { LUA_STRLIBNAME, luaopen_string }, { LUA_MATHLIBNAME, luaopen_math },
-        { LUA_UTF8LIBNAME, luaopen_utf8 },
+        {LUA_GNAME, luaopen_base},        {LUA_TABLIBNAME, luaopen_table},
+        {LUA_STRLIBNAME, luaopen_string}, {LUA_MATHLIBNAME, luaopen_math},
+        {LUA_UTF8LIBNAME, luaopen_utf8},
     };
     static const luaL_Reg loyd_fns[] = {
-        { "log", l_log },
-        { "now", l_now },
-        { "today", l_today },
-        { "date_add_days", l_date_add_days },
-        { "days_between", l_days_between },
-        { "array", l_array },
-        { "is_array", l_is_array },
-        { "json_encode", l_json_encode },
-        { "json_decode", l_json_decode },
-        { NULL, NULL },
+        {"log", l_log},
+        {"now", l_now},
+        {"today", l_today},
+        {"date_add_days", l_date_add_days},
+        {"days_between", l_days_between},
+        {"array", l_array},
+        {"is_array", l_is_array},
+        {"json_encode", l_json_encode},
+        {"json_decode", l_json_decode},
+        {NULL, NULL},
     };
-    static const char *const removed[] = { "dofile", "loadfile", "load", "loadstring",
-                                           "collectgarbage", "rawset", "rawget", "require",
-                                           "warn", "module", "setfenv", "getfenv" };
+    static const char *const removed[] = {"dofile",         "loadfile", "load",    "loadstring",
+                                          "collectgarbage", "rawset",   "rawget",  "require",
+                                          "warn",           "module",   "setfenv", "getfenv"};
 
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(libs); i++) {
         luaL_requiref(L, libs[i].name, libs[i].func, 1);
@@ -754,10 +752,10 @@ static void freeze_value(lua_State *L, int idx, int seen, int depth, bool global
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         freeze_value(L, -1, seen, depth + 1, false);
-        lua_pushvalue(L, -3);      /* key */
-        lua_insert(L, -2);         /* key, frozen value */
+        lua_pushvalue(L, -3); /* key */
+        lua_insert(L, -2);    /* key, frozen value */
         lua_rawset(L, copy);
-        lua_pop(L, 1);             /* the original value */
+        lua_pop(L, 1); /* the original value */
     }
     lua_remove(L, copy);
 }
@@ -799,7 +797,7 @@ int loyd_sandbox_create(const char *name, const struct loyd_sandbox_limits *lim,
         goto fail;
     }
     lua_atpanic(sb->L, l_panic);
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     rc = run_protected(sb, l_setup, sb, 0, &base, &err);
     lua_settop(sb->L, base);
     if (rc != 0) {
@@ -901,7 +899,7 @@ static bool valid_ident(const char *s)
 
 int loyd_sandbox_define(struct loyd_sandbox *sb, const char *name, lua_CFunction fn)
 {
-    struct define_args a = { .name = name, .fn = fn };
+    struct define_args a = {.name = name, .fn = fn};
     int base;
 
     if (!valid_ident(name) || fn == NULL)
@@ -962,8 +960,10 @@ static int load_common(struct loyd_sandbox *sb, struct load_args *a, struct loyd
     }
     if (a->len > 0 && a->src[0] == LUA_SIGNATURE[0]) {
         if (err != NULL)
-            loyd_buf_printf(err, "%s: precompiled (binary) chunks are not allowed; load the "
-                                 "Lua source", a->chunkname);
+            loyd_buf_printf(err,
+                            "%s: precompiled (binary) chunks are not allowed; load the "
+                            "Lua source",
+                            a->chunkname);
         return LOYD_EPARSE;
     }
     int rc = run_protected(sb, l_load_chunk, a, 1, &base, err);
@@ -979,7 +979,7 @@ static int load_common(struct loyd_sandbox *sb, struct load_args *a, struct loyd
 int loyd_sandbox_prelude(struct loyd_sandbox *sb, const char *chunkname, const char *lua_src,
                          size_t len, struct loyd_buf *err)
 {
-    struct load_args a = { .sb = sb, .chunkname = chunkname, .src = lua_src, .len = len };
+    struct load_args a = {.sb = sb, .chunkname = chunkname, .src = lua_src, .len = len};
 
     if (chunkname == NULL || lua_src == NULL)
         return -EINVAL;
@@ -1003,8 +1003,7 @@ static bool valid_module(const char *s)
 int loyd_sandbox_load(struct loyd_sandbox *sb, const char *module, const char *src, size_t len,
                       struct loyd_buf *err)
 {
-    struct load_args a = { .sb = sb, .module = module, .chunkname = module, .src = src,
-                           .len = len };
+    struct load_args a = {.sb = sb, .module = module, .chunkname = module, .src = src, .len = len};
     int rc;
 
     if (!valid_module(module) || src == NULL) {
@@ -1016,8 +1015,7 @@ int loyd_sandbox_load(struct loyd_sandbox *sb, const char *module, const char *s
         return rc;
     rc = load_common(sb, &a, err);
     if (rc != 0)
-        loyd_log_info(LUA, "sandbox %s: load %s failed: %s", sb->name, module,
-                      loyd_strerror(rc));
+        loyd_log_info(LUA, "sandbox %s: load %s failed: %s", sb->name, module, loyd_strerror(rc));
     return rc;
 }
 
@@ -1060,7 +1058,7 @@ static int l_handlers(lua_State *L)
 
 int loyd_sandbox_handlers(struct loyd_sandbox *sb, const char *module, json_t **names)
 {
-    struct handlers_args a = { .module = module, .names = json_array() };
+    struct handlers_args a = {.module = module, .names = json_array()};
     int base, rc;
 
     *names = NULL;
@@ -1131,11 +1129,11 @@ static int l_call(lua_State *L)
     return 1;
 }
 
-int loyd_sandbox_call(struct loyd_sandbox *sb, const struct loyd_sandbox_call *c,
-                      json_t **result, json_t **log, struct loyd_buf *err)
+int loyd_sandbox_call(struct loyd_sandbox *sb, const struct loyd_sandbox_call *c, json_t **result,
+                      json_t **log, struct loyd_buf *err)
 {
-    struct call_args a = { .c = c, .phase = PHASE_LOOKUP };
-    struct loyd_buf cerr = { 0 };
+    struct call_args a = {.c = c, .phase = PHASE_LOOKUP};
+    struct loyd_buf cerr = {0};
     lua_State *L = sb->L;
     int base, rc;
 
@@ -1143,8 +1141,8 @@ int loyd_sandbox_call(struct loyd_sandbox *sb, const struct loyd_sandbox_call *c
     if (log != NULL)
         *log = NULL;
     if (c->module == NULL || c->handler == NULL || c->nargs > MAX_ARGS ||
-        (c->nargs > 0 && c->args == NULL) || c->tz_offset_min < -1440 ||
-        c->tz_offset_min > 1440 || c->now_ms > (uint64_t)INT64_MAX) {
+        (c->nargs > 0 && c->args == NULL) || c->tz_offset_min < -1440 || c->tz_offset_min > 1440 ||
+        c->now_ms > (uint64_t)INT64_MAX) {
         if (err != NULL)
             loyd_buf_puts(err, "invalid sandbox call");
         return -EINVAL;

@@ -101,8 +101,8 @@ LOYD_MUST_CHECK int loyd_sandbox_freeze(struct loyd_sandbox *sb, struct loyd_buf
  * @return 0, -EINVAL (bad module name), LOYD_ELIMIT (too big), LOYD_EPARSE (bytecode or syntax
  *         error), LOYD_ERULE (raised, or did not return a table), LOYD_EBUDGET, LOYD_ERULEMEM.
  */
-LOYD_MUST_CHECK int loyd_sandbox_load(struct loyd_sandbox *sb, const char *module,
-                                      const char *src, size_t len, struct loyd_buf *err);
+LOYD_MUST_CHECK int loyd_sandbox_load(struct loyd_sandbox *sb, const char *module, const char *src,
+                                      size_t len, struct loyd_buf *err);
 
 /**
  * Lists the handler names of a loaded module: its string keys whose values are functions,

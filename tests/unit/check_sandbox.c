@@ -56,7 +56,7 @@ static char *read_fixture(const char *name, size_t *len)
 
 static void load_fixture(struct loyd_sandbox *s, const char *module, const char *file)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     size_t len;
     char *src = read_fixture(file, &len);
     int rc = loyd_sandbox_load(s, module, src, len, &err);
@@ -84,7 +84,8 @@ static int call_full(struct loyd_sandbox *s, const char *module, const char *han
                      const char *args_json, unsigned aflags, unsigned rflags, uint64_t seed,
                      json_t **res, json_t **log, struct loyd_buf *err)
 {
-    json_t *args = json_loads(args_json != NULL ? args_json : "[]", JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    json_t *args =
+        json_loads(args_json != NULL ? args_json : "[]", JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
     ck_assert_ptr_nonnull(args);
     json_t *argv[16];
     size_t n = json_array_size(args);
@@ -117,15 +118,15 @@ static json_t *eval(const char *expr, int want_rc)
 {
     static int counter;
     char module[64], src[4096];
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     snprintf(module, sizeof(module), "rules/eval%d.lua", counter++);
     snprintf(src, sizeof(src), "return { h = function(arg) return (%s) end }", expr);
     ck_assert_msg(load_src(sb, module, src, &err) == 0, "load: %s", err.data);
     int rc = call(sb, module, "h", "[{\"k\": 1, \"list\": [1, 2]}]", &res, &err);
-    ck_assert_msg(rc == want_rc, "%s: rc %d (%s), want %d", expr, rc,
-                  err.data ? err.data : "", want_rc);
+    ck_assert_msg(rc == want_rc, "%s: rc %d (%s), want %d", expr, rc, err.data ? err.data : "",
+                  want_rc);
     loyd_buf_free(&err);
     if (res == NULL)
         res = json_null();
@@ -144,7 +145,7 @@ static void assert_raises(const char *stmt, const char *want)
 {
     static int counter;
     char module[64], src[4096];
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     snprintf(module, sizeof(module), "rules/raise%d.lua", counter++);
@@ -170,11 +171,11 @@ static void assert_json_eq(json_t *got, const char *want_json)
 
 /* ---- removed globals: one test each ------------------------------------------------------ */
 
-#define REMOVED(tname, expr)                                                                   \
-    START_TEST(tname)                                                                          \
-    {                                                                                          \
-        assert_true("(" expr ") == nil");                                                      \
-    }                                                                                          \
+#define REMOVED(tname, expr)                                                                       \
+    START_TEST(tname)                                                                              \
+    {                                                                                              \
+        assert_true("(" expr ") == nil");                                                          \
+    }                                                                                              \
     END_TEST
 
 REMOVED(test_removed_io, "io")
@@ -203,7 +204,7 @@ END_TEST
 
 START_TEST(test_print_goes_to_log)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL, *log = NULL;
 
     ck_assert_int_eq(load_src(sb, "rules/p.lua",
@@ -226,7 +227,7 @@ END_TEST
 
 START_TEST(test_log_line_capped)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL, *log = NULL;
 
     ck_assert_int_eq(load_src(sb, "rules/p.lua",
@@ -256,7 +257,7 @@ END_TEST
 
 START_TEST(test_memory_bomb)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     load_fixture(sb, "rules/bombs.lua", "bombs.lua");
@@ -273,9 +274,9 @@ END_TEST
 
 START_TEST(test_memory_bomb_at_load)
 {
-    struct loyd_buf err = { 0 };
-    int rc = load_src(sb, "rules/m.lua", "local t = {} for i = 1, 1e9 do t[i] = i end return {}",
-                      &err);
+    struct loyd_buf err = {0};
+    int rc =
+        load_src(sb, "rules/m.lua", "local t = {} for i = 1, 1e9 do t[i] = i end return {}", &err);
     ck_assert_int_eq(rc, LOYD_ERULEMEM);
     loyd_buf_free(&err);
 }
@@ -283,7 +284,7 @@ END_TEST
 
 START_TEST(test_string_rep_bomb)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     load_fixture(sb, "rules/bombs.lua", "bombs.lua");
@@ -292,8 +293,7 @@ START_TEST(test_string_rep_bomb)
     ck_assert_uint_le(loyd_sandbox_memory(sb), test_lim.memory_bytes);
     loyd_buf_reset(&err);
     /* Doubling by concatenation is bounded by the memory cap instead. */
-    ck_assert_int_eq(call(sb, "rules/bombs.lua", "rep_doubling", NULL, &res, &err),
-                     LOYD_ERULEMEM);
+    ck_assert_int_eq(call(sb, "rules/bombs.lua", "rep_doubling", NULL, &res, &err), LOYD_ERULEMEM);
     ck_assert_uint_le(loyd_sandbox_memory(sb), test_lim.memory_bytes);
     loyd_buf_reset(&err);
     /* string.rep("", 2^50) would loop 2^50 times in C producing nothing. */
@@ -307,7 +307,7 @@ END_TEST
 
 START_TEST(test_table_move_spin)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     load_fixture(sb, "rules/bombs.lua", "bombs.lua");
@@ -322,7 +322,7 @@ END_TEST
 
 static void expect_budget(const char *handler, const char *reason)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     load_fixture(sb, "rules/bombs.lua", "bombs.lua");
@@ -367,10 +367,12 @@ END_TEST
 
 START_TEST(test_xpcall_still_works)
 {
-    assert_true("(function() local ok, e = xpcall(function() error('x', 0) end,"
-                " function(m) return 'handled: ' .. m end) return not ok and e == 'handled: x' end)()");
-    assert_true("(function() local ok, a, b = xpcall(function(x, y) return x + y, 'z' end, print, 2, 3)"
-                " return ok and a == 5 and b == 'z' end)()");
+    assert_true(
+        "(function() local ok, e = xpcall(function() error('x', 0) end,"
+        " function(m) return 'handled: ' .. m end) return not ok and e == 'handled: x' end)()");
+    assert_true(
+        "(function() local ok, a, b = xpcall(function(x, y) return x + y, 'z' end, print, 2, 3)"
+        " return ok and a == 5 and b == 'z' end)()");
     /* An error inside the handler is reported, not swallowed. */
     assert_raises("xpcall(error, function() error('in handler', 0) end)", "in handler");
 }
@@ -378,7 +380,7 @@ END_TEST
 
 START_TEST(test_infinite_loop_at_load)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     ck_assert_int_eq(load_src(sb, "rules/l.lua", "while true do end return {}", &err),
                      LOYD_EBUDGET);
     ck_assert(!has_module(sb, "rules/l.lua"));
@@ -391,8 +393,7 @@ START_TEST(test_wall_clock_budget)
     /* A loop of expensive C calls: few VM instructions, so a huge instruction budget never
      * trips; only the deadline stops it. */
     struct loyd_sandbox_limits lim = {
-        .memory_bytes = 4 * MiB, .instructions = UINT64_C(1) << 50, .wall_ms = 100
-    };
+        .memory_bytes = 4 * MiB, .instructions = UINT64_C(1) << 50, .wall_ms = 100};
     loyd_sandbox_destroy(sb);
     ck_assert_int_eq(loyd_sandbox_create("wall", &lim, &sb), 0);
     expect_budget("wall_clock", "wall clock");
@@ -401,7 +402,7 @@ END_TEST
 
 START_TEST(test_deep_recursion)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     load_fixture(sb, "rules/bombs.lua", "bombs.lua");
@@ -414,9 +415,9 @@ END_TEST
 
 START_TEST(test_usable_after_kill)
 {
-    static const char *const bombs[] = { "infinite_loop", "memory_bomb", "pcall_retry",
-                                         "tail_pcall", "rep_doubling" };
-    struct loyd_buf err = { 0 };
+    static const char *const bombs[] = {"infinite_loop", "memory_bomb", "pcall_retry", "tail_pcall",
+                                        "rep_doubling"};
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     load_fixture(sb, "rules/bombs.lua", "bombs.lua");
@@ -444,7 +445,7 @@ static int bytecode_writer(lua_State *L, const void *p, size_t sz, void *ud)
 START_TEST(test_bytecode_rejected)
 {
     /* Real bytecode, made with an ordinary Lua state. */
-    struct loyd_buf bc = { 0 }, err = { 0 };
+    struct loyd_buf bc = {0}, err = {0};
     lua_State *L = luaL_newstate();
     ck_assert_int_eq(luaL_loadstring(L, "return { h = function() return 1 end }"), LUA_OK);
     ck_assert_int_eq(lua_dump(L, bytecode_writer, &bc, 0), 0);
@@ -452,8 +453,7 @@ START_TEST(test_bytecode_rejected)
     ck_assert(bc.len > 4 && memcmp(bc.data, LUA_SIGNATURE, 4) == 0);
 
     ck_assert_int_eq(loyd_sandbox_load(sb, "rules/bc.lua", bc.data, bc.len, &err), LOYD_EPARSE);
-    ck_assert_msg(strstr(err.data, "rules/bc.lua") && strstr(err.data, "binary"), "%s",
-                  err.data);
+    ck_assert_msg(strstr(err.data, "rules/bc.lua") && strstr(err.data, "binary"), "%s", err.data);
     loyd_buf_reset(&err);
     ck_assert(!has_module(sb, "rules/bc.lua"));
     loyd_buf_free(&bc);
@@ -463,7 +463,7 @@ END_TEST
 
 START_TEST(test_load_errors)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
 
     ck_assert_int_eq(load_src(sb, "rules/syn.lua", "return {\n  h = function( end }", &err),
                      LOYD_EPARSE);
@@ -471,8 +471,7 @@ START_TEST(test_load_errors)
     loyd_buf_reset(&err);
 
     ck_assert_int_eq(load_src(sb, "rules/ret.lua", "return 42", &err), LOYD_ERULE);
-    ck_assert_msg(strstr(err.data, "must return a table of handlers (got number)"), "%s",
-                  err.data);
+    ck_assert_msg(strstr(err.data, "must return a table of handlers (got number)"), "%s", err.data);
     loyd_buf_reset(&err);
 
     ck_assert_int_eq(load_src(sb, "rules/err.lua", "local x = 1\n\nerror('boom')", &err),
@@ -496,7 +495,7 @@ END_TEST
 
 START_TEST(test_handler_runtime_error)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     ck_assert_int_eq(load_src(sb, "rules/cashback.lua",
@@ -528,13 +527,14 @@ END_TEST
 
 START_TEST(test_cashback_rule)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL, *log = NULL;
 
     load_fixture(sb, "rules/cashback.lua", "cashback.lua");
-    const char *args = "[{\"deal\": {\"id\": \"D-7\", \"amount\": 1234500}},"
-                       " {\"id\": 9, \"tier\": \"gold\"},"
-                       " {\"cashback\": {\"gold\": 300, \"default\": 100}, \"points_ttl_days\": 365}]";
+    const char *args =
+        "[{\"deal\": {\"id\": \"D-7\", \"amount\": 1234500}},"
+        " {\"id\": 9, \"tier\": \"gold\"},"
+        " {\"cashback\": {\"gold\": 300, \"default\": 100}, \"points_ttl_days\": 365}]";
     int rc = call_full(sb, "rules/cashback.lua", "deal.won", args, LOYD_LUAJSON_INTEGERS_ONLY,
                        LOYD_LUAJSON_INTEGERS_ONLY, 1, &res, &log, &err);
     ck_assert_msg(rc == 0, "%s", err.data);
@@ -559,7 +559,7 @@ END_TEST
 
 START_TEST(test_global_write_refused)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
 
     assert_raises("x = 1", "attempt to write global 'x'");
     assert_raises("_G.y = 1", "attempt to write global 'y'");
@@ -613,7 +613,7 @@ END_TEST
 START_TEST(test_tenant_isolation)
 {
     struct loyd_sandbox *other = NULL;
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL, *names = NULL;
 
     ck_assert_int_eq(loyd_sandbox_create("other", &test_lim, &other), 0);
@@ -671,7 +671,7 @@ END_TEST
 
 static void roundtrip(const char *doc, unsigned flags)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
     char args[1024];
 
@@ -703,7 +703,7 @@ START_TEST(test_json_null_and_empty_arrays)
     /* Seen from Lua: null is a value (key survives), not nil; the array has length 3. */
     assert_true("loyd.null ~= nil and loyd.json_null == loyd.null and tostring(loyd.null) == "
                 "'null'");
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
     ck_assert_int_eq(load_src(sb, "rules/n.lua",
                               "return { h = function(x) return { has_a = x.a == loyd.null,"
@@ -725,8 +725,8 @@ START_TEST(test_json_int64_extremes)
 {
     roundtrip("[9223372036854775807, -9223372036854775808, 0, -1]", 0);
     roundtrip("[9223372036854775807, -9223372036854775808]", LOYD_LUAJSON_INTEGERS_ONLY);
-    json_t *r = eval("math.type(arg.k) == 'integer' and math.maxinteger - 1 == 9223372036854775806",
-                     0);
+    json_t *r =
+        eval("math.type(arg.k) == 'integer' and math.maxinteger - 1 == 9223372036854775806", 0);
     ck_assert(json_is_true(r));
     json_decref(r);
 }
@@ -734,7 +734,7 @@ END_TEST
 
 START_TEST(test_json_integers_only)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     ck_assert_int_eq(load_src(sb, "rules/f.lua",
@@ -745,8 +745,8 @@ START_TEST(test_json_integers_only)
                               " inf = function() return { 1, math.huge } end }",
                               &err),
                      0);
-    int rc = call_full(sb, "rules/f.lua", "bad", NULL, 0, LOYD_LUAJSON_INTEGERS_ONLY, 1, &res,
-                       NULL, &err);
+    int rc = call_full(sb, "rules/f.lua", "bad", NULL, 0, LOYD_LUAJSON_INTEGERS_ONLY, 1, &res, NULL,
+                       &err);
     ck_assert_int_eq(rc, LOYD_EEFFECT);
     ck_assert_msg(strstr(err.data, "non-integer number 1.5") &&
                       strstr(err.data, "at result.effects[2].points"),
@@ -756,8 +756,8 @@ START_TEST(test_json_integers_only)
     ck_assert_int_eq(call_full(sb, "rules/f.lua", "bad", NULL, 0, 0, 1, &res, NULL, &err), 0);
     json_decref(res);
     /* An integral float becomes an integer. */
-    ck_assert_int_eq(call_full(sb, "rules/f.lua", "whole", NULL, 0, LOYD_LUAJSON_INTEGERS_ONLY,
-                               1, &res, NULL, &err),
+    ck_assert_int_eq(call_full(sb, "rules/f.lua", "whole", NULL, 0, LOYD_LUAJSON_INTEGERS_ONLY, 1,
+                               &res, NULL, &err),
                      0);
     ck_assert(json_is_integer(json_object_get(res, "points")));
     assert_json_eq(res, "{\"points\": 2, \"n\": 3}");
@@ -787,17 +787,17 @@ START_TEST(test_json_unconvertible_values)
     static const struct {
         const char *expr, *want;
     } cases[] = {
-        { "local t = {} t.self = t return t", "(cycle) at result.self" },
-        { "local t = { a = { b = {} } } t.a.b.c = t.a return t", "(cycle) at result.a.b.c" },
-        { "return { f = print }", "cannot convert a function value at result.f" },
-        { "return { [true] = 1 }", "boolean key" },
-        { "return { 1, 2, x = 3 }", "mixes keys" },
-        { "return { [1] = 1, [3] = 3 }", "mixes keys" },
-        { "return { ['odd key'] = { print } }", "function value at result[\"odd key\"][1]" },
-        { "return loyd.array({ a = 1 })", "marked as array" },
-        { "return { s = '\\xff' }", "not valid UTF-8 at result.s" },
+        {"local t = {} t.self = t return t", "(cycle) at result.self"},
+        {"local t = { a = { b = {} } } t.a.b.c = t.a return t", "(cycle) at result.a.b.c"},
+        {"return { f = print }", "cannot convert a function value at result.f"},
+        {"return { [true] = 1 }", "boolean key"},
+        {"return { 1, 2, x = 3 }", "mixes keys"},
+        {"return { [1] = 1, [3] = 3 }", "mixes keys"},
+        {"return { ['odd key'] = { print } }", "function value at result[\"odd key\"][1]"},
+        {"return loyd.array({ a = 1 })", "marked as array"},
+        {"return { s = '\\xff' }", "not valid UTF-8 at result.s"},
     };
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(cases); i++) {
@@ -820,7 +820,7 @@ END_TEST
 
 START_TEST(test_json_depth_limits)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
     char deep[256] = "", args[300];
 
@@ -862,7 +862,7 @@ END_TEST
 
 static json_t *random_seq(uint64_t seed)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     if (!has_module(sb, "rules/r.lua"))
@@ -895,7 +895,7 @@ START_TEST(test_random_deterministic)
     json_decref(c);
     assert_raises("math.random(5, 1)", "interval is empty");
     /* Outside a call (module top level) there is no seed: refuse rather than be random. */
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     ck_assert_int_eq(load_src(sb, "rules/rt.lua", "local x = math.random() return {}", &err),
                      LOYD_ERULE);
     ck_assert_msg(strstr(err.data, "only available inside a handler call"), "%s", err.data);
@@ -905,18 +905,17 @@ END_TEST
 
 START_TEST(test_frozen_clock)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     json_t *r = eval("{ loyd.now(), loyd.today(), loyd.today(-780), loyd.today(720) }", 0);
     assert_json_eq(r, "[1709210096789, \"2024-02-29\", \"2024-02-28\", \"2024-03-01\"]");
     json_decref(r);
     /* The tz offset given by the caller. */
-    ck_assert_int_eq(load_src(sb, "rules/tz.lua",
-                              "return { h = function() return loyd.today() end }", &err),
-                     0);
-    struct loyd_sandbox_call c = { .module = "rules/tz.lua", .handler = "h", .now_ms = NOW_MS,
-                                   .tz_offset_min = 12 * 60 };
+    ck_assert_int_eq(
+        load_src(sb, "rules/tz.lua", "return { h = function() return loyd.today() end }", &err), 0);
+    struct loyd_sandbox_call c = {
+        .module = "rules/tz.lua", .handler = "h", .now_ms = NOW_MS, .tz_offset_min = 12 * 60};
     ck_assert_int_eq(loyd_sandbox_call(sb, &c, &res, NULL, &err), 0);
     assert_json_eq(res, "\"2024-03-01\"");
     json_decref(res);
@@ -953,12 +952,13 @@ END_TEST
 
 START_TEST(test_date_helpers)
 {
-    json_t *r = eval("{ loyd.date_add_days('2024-02-29', 365), loyd.date_add_days('2024-02-29', 366),"
-                     " loyd.date_add_days('2023-12-31', 1), loyd.date_add_days('2024-03-01', -1),"
-                     " loyd.days_between('2024-01-01', '2025-01-01'),"
-                     " loyd.days_between('2025-01-01', '2024-01-01'),"
-                     " loyd.days_between('1970-01-01', '2000-03-01') }",
-                     0);
+    json_t *r =
+        eval("{ loyd.date_add_days('2024-02-29', 365), loyd.date_add_days('2024-02-29', 366),"
+             " loyd.date_add_days('2023-12-31', 1), loyd.date_add_days('2024-03-01', -1),"
+             " loyd.days_between('2024-01-01', '2025-01-01'),"
+             " loyd.days_between('2025-01-01', '2024-01-01'),"
+             " loyd.days_between('1970-01-01', '2000-03-01') }",
+             0);
     assert_json_eq(r, "[\"2025-02-28\", \"2025-03-01\", \"2024-01-01\", \"2024-02-29\", 366, -366,"
                       " 11017]");
     json_decref(r);
@@ -981,7 +981,7 @@ static int l_test_double(lua_State *L)
 
 START_TEST(test_prelude_and_define)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
     const char *prelude = "Effects = { kinds = { 'award' } }\n"
                           "function award(t) t.type = 'award' return t end\n"
@@ -1019,7 +1019,7 @@ END_TEST
 
 START_TEST(test_reload_replaces_module)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *res = NULL;
 
     ck_assert_int_eq(load_src(sb, "rules/v.lua", "return { h = function() return 1 end }", &err),
@@ -1041,7 +1041,7 @@ END_TEST
 START_TEST(test_create_limits)
 {
     struct loyd_sandbox *s = NULL;
-    struct loyd_sandbox_limits tiny = { .memory_bytes = 1024 };
+    struct loyd_sandbox_limits tiny = {.memory_bytes = 1024};
 
     ck_assert_int_eq(loyd_sandbox_create("tiny", &tiny, &s), -EINVAL);
     ck_assert_ptr_null(s);
