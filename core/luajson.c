@@ -181,8 +181,8 @@ void loyd_luajson_push_proxy(lua_State *L, int idx, bool global)
 {
     idx = lua_absindex(L, idx);
     luaL_checkstack(L, 4, "making a read-only table");
-    lua_createtable(L, 0, 0);          /* the proxy: always empty */
-    lua_createtable(L, 0, 6);          /* its metatable */
+    lua_createtable(L, 0, 0); /* the proxy: always empty */
+    lua_createtable(L, 0, 6); /* its metatable */
     lua_pushvalue(L, idx);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, global ? l_global_newindex : l_proxy_newindex);
@@ -280,7 +280,7 @@ static void jl_value(struct jl *c, const json_t *v)
         lua_createtable(L, n > 1024 ? 1024 : (int)n, 0);
         for (size_t i = 0; i < n; i++) {
             struct seg *s = &c->path[c->depth - 1];
-            *s = (struct seg){ .key = NULL, .idx = (lua_Integer)i + 1 };
+            *s = (struct seg){.key = NULL, .idx = (lua_Integer)i + 1};
             jl_value(c, json_array_get(v, i));
             lua_rawseti(L, -2, (lua_Integer)i + 1);
         }
@@ -322,7 +322,7 @@ static void jl_value(struct jl *c, const json_t *v)
 
 void loyd_luajson_push(lua_State *L, const json_t *v, unsigned flags, const char *root)
 {
-    struct jl c = { .L = L, .flags = flags, .root = root };
+    struct jl c = {.L = L, .flags = flags, .root = root};
 
     luaL_checkstack(L, 6, "JSON value");
     if (v == NULL)
@@ -416,8 +416,7 @@ static int tj_table(struct tj *c, int idx, json_t **out)
                          "table mixes keys: an array needs exactly the keys 1..n (no holes), "
                          "an object only string keys");
         else
-            rc = tj_fail(c, -EINVAL, c->depth,
-                         "table has a %s key; object keys must be strings",
+            rc = tj_fail(c, -EINVAL, c->depth, "table has a %s key; object keys must be strings",
                          lua_typename(L, badkey));
         goto done;
     }
@@ -431,7 +430,7 @@ static int tj_table(struct tj *c, int idx, json_t **out)
         }
         for (lua_Integer i = 1; i <= n; i++) {
             json_t *v = NULL;
-            c->path[c->depth - 1] = (struct seg){ .key = NULL, .idx = i };
+            c->path[c->depth - 1] = (struct seg){.key = NULL, .idx = i};
             lua_rawgeti(L, t, i);
             rc = tj_value(c, -1, &v);
             lua_pop(L, 1);
@@ -507,8 +506,8 @@ static int tj_value(struct tj *c, int idx, json_t **out)
                 return tj_fail(c, -EINVAL, c->depth, "NaN or infinite number");
             if (c->flags & LOYD_LUAJSON_INTEGERS_ONLY) {
                 if (!lua_numbertointeger(d, &i) || (double)i != d)
-                    return tj_fail(c, -EINVAL, c->depth,
-                                   "non-integer number %.17g (integers only)", d);
+                    return tj_fail(c, -EINVAL, c->depth, "non-integer number %.17g (integers only)",
+                                   d);
                 j = json_integer((json_int_t)i);
             } else {
                 j = json_real(d);
@@ -547,7 +546,7 @@ static int tj_value(struct tj *c, int idx, json_t **out)
 int loyd_luajson_to_json(lua_State *L, int idx, unsigned flags, const char *root, json_t **out,
                          struct loyd_buf *err)
 {
-    struct tj c = { .L = L, .flags = flags, .root = root, .err = err };
+    struct tj c = {.L = L, .flags = flags, .root = root, .err = err};
 
     *out = NULL;
     if (!lua_checkstack(L, 8)) {

@@ -151,8 +151,8 @@ static int l_msgh(lua_State *L)
  * the nres results sit above *base; the caller must lua_settop(L, *base).
  * @return 0, LOYD_EBUDGET, LOYD_ERULEMEM or LOYD_ERULE (message appended to err).
  */
-static int run_protected(struct loyd_sandbox *sb, lua_CFunction fn, void *ud, int nres,
-                         int *base, struct loyd_buf *err)
+static int run_protected(struct loyd_sandbox *sb, lua_CFunction fn, void *ud, int nres, int *base,
+                         struct loyd_buf *err)
 {
     lua_State *L = sb->L;
     int rc = 0;
@@ -178,8 +178,7 @@ static int run_protected(struct loyd_sandbox *sb, lua_CFunction fn, void *ud, in
             loyd_buf_puts(err, m != NULL ? m : "(error object is not a string)");
             if (rc == LOYD_EBUDGET && strstr(err->data, "CPU budget") == NULL)
                 loyd_buf_printf(err, " (killed: CPU budget, %s)",
-                                sb->b.killed == KILL_INSTRUCTIONS ? "instructions"
-                                                                  : "wall clock");
+                                sb->b.killed == KILL_INSTRUCTIONS ? "instructions" : "wall clock");
         }
         lua_settop(L, *base);
     } else {
@@ -282,6 +281,38 @@ static int l_setmetatable(lua_State *L)
     return 1;
 }
 
+/*
+ * xpcall runs its message handler before unwinding; when the error came from the count hook,
+ * Lua has hooks disabled at that point (allowhook is cleared while a hook runs and only
+ * restored by the unwinding pcall), so a looping handler would run unbudgeted.  This xpcall
+ * calls the handler after unwinding instead.  Without the debug library a handler cannot
+ * inspect the failing stack, so rules see no other difference.
+ */
+static int l_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    luaL_checkstack(L, n + 2, "xpcall arguments");
+    lua_pushvalue(L, 1);
+    for (int i = 3; i <= n; i++)
+        lua_pushvalue(L, i);
+    int st = lua_pcall(L, n - 2, LUA_MULTRET, 0);
+    if (st == LUA_OK) {
+        lua_pushboolean(L, 1);
+        lua_insert(L, n + 1);
+        return lua_gettop(L) - n;
+    }
+    if (st != LUA_ERRMEM) { /* like Lua: no handler for memory errors */
+        lua_pushvalue(L, 2);
+        lua_insert(L, -2);
+        lua_call(L, 1, 1);
+    }
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+}
+
 /* string.rep loops in C without hooks: refuse big results, and the empty-string case that
  * would spin n times producing nothing. */
 static int l_string_rep(lua_State *L)
@@ -297,8 +328,7 @@ static int l_string_rep(lua_State *L)
     }
     if ((lua_Unsigned)n > LOYD_SANDBOX_MAX_REP ||
         (size_t)n * l + (size_t)(n - 1) * lsep > LOYD_SANDBOX_MAX_REP)
-        return luaL_error(L, "string.rep result larger than %d bytes",
-                          (int)LOYD_SANDBOX_MAX_REP);
+        return luaL_error(L, "string.rep result larger than %d bytes", (int)LOYD_SANDBOX_MAX_REP);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, 1);
@@ -429,8 +459,8 @@ static int64_t check_date(lua_State *L, int arg)
 {
     size_t len;
     const char *s = luaL_checklstring(L, arg, &len);
-    static const unsigned mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-    unsigned v[3] = { 0, 0, 0 };
+    static const unsigned mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    unsigned v[3] = {0, 0, 0};
     bool ok = len == 10 && s[4] == '-' && s[7] == '-';
 
     for (size_t i = 0; ok && i < 10; i++) {
@@ -456,7 +486,7 @@ static int push_date(lua_State *L, int64_t days)
     if (days < -719528 || days > 2932896)
         return luaL_error(L, "date out of range (years 0000..9999)");
     civil_from_days(days, &y, &m, &d);
-    char buf[16];
+    char buf[32];
     snprintf(buf, sizeof(buf), "%04d-%02u-%02u", (int)y, m, d);
     lua_pushstring(L, buf);
     return 1;
@@ -518,7 +548,7 @@ static int l_push_string_tramp(lua_State *L)
 
 static int l_json_encode(lua_State *L)
 {
-    struct loyd_buf e = { 0 };
+    struct loyd_buf e = {0};
     json_t *j = NULL;
 
     luaL_checkany(L, 1);
@@ -575,39 +605,63 @@ static int l_json_decode(lua_State *L)
 
 static void set_nil(lua_State *L, int t, const char *field)
 {
+    t = lua_absindex(L, t);
     lua_pushnil(L);
     lua_setfield(L, t, field);
 }
 
 static void wrap(lua_State *L, int t, const char *field, lua_CFunction fn)
 {
+    t = lua_absindex(L, t);
     lua_getfield(L, t, field);
     lua_pushcclosure(L, fn, 1);
     lua_setfield(L, t, field);
 }
 
+/*
+ * Built-in helpers written in Lua, run at setup with the restricted globals.  loyd.keys exists
+ * because Lua 5.4 seeds its string hash per state: pairs() order differs between sandboxes
+ * and runs, so a rule that builds output in pairs order would not reproduce.
+ */
+static const char builtin_lua[] =
+    "local sort, type, pairs, array = table.sort, type, pairs, loyd.array\n"
+    "local function before(a, b)\n"
+    "  local ta, tb = type(a), type(b)\n"
+    "  if ta ~= tb then return ta < tb end\n"
+    "  if ta ~= 'string' and ta ~= 'number' then\n"
+    "    error('loyd.keys: keys must be strings or numbers, got ' .. ta, 3)\n"
+    "  end\n"
+    "  return a < b\n"
+    "end\n"
+    "function loyd.keys(t)\n"
+    "  local ks, n = {}, 0\n"
+    "  for k in pairs(t) do n = n + 1; ks[n] = k end\n"
+    "  sort(ks, before)\n"
+    "  return array(ks)\n"
+    "end\n";
+
 static int l_setup(lua_State *L)
 {
     static const luaL_Reg libs[] = {
-        { LUA_GNAME, luaopen_base },       { LUA_TABLIBNAME, luaopen_table },
-        { LUA_STRLIBNAME, luaopen_string }, { LUA_MATHLIBNAME, luaopen_math },
-        { LUA_UTF8LIBNAME, luaopen_utf8 },
+        {LUA_GNAME, luaopen_base},        {LUA_TABLIBNAME, luaopen_table},
+        {LUA_STRLIBNAME, luaopen_string}, {LUA_MATHLIBNAME, luaopen_math},
+        {LUA_UTF8LIBNAME, luaopen_utf8},
     };
     static const luaL_Reg loyd_fns[] = {
-        { "log", l_log },
-        { "now", l_now },
-        { "today", l_today },
-        { "date_add_days", l_date_add_days },
-        { "days_between", l_days_between },
-        { "array", l_array },
-        { "is_array", l_is_array },
-        { "json_encode", l_json_encode },
-        { "json_decode", l_json_decode },
-        { NULL, NULL },
+        {"log", l_log},
+        {"now", l_now},
+        {"today", l_today},
+        {"date_add_days", l_date_add_days},
+        {"days_between", l_days_between},
+        {"array", l_array},
+        {"is_array", l_is_array},
+        {"json_encode", l_json_encode},
+        {"json_decode", l_json_decode},
+        {NULL, NULL},
     };
-    static const char *const removed[] = { "dofile", "loadfile", "load", "loadstring",
-                                           "collectgarbage", "rawset", "rawget", "require",
-                                           "warn", "module", "setfenv", "getfenv" };
+    static const char *const removed[] = {"dofile",         "loadfile", "load",    "loadstring",
+                                          "collectgarbage", "rawset",   "rawget",  "require",
+                                          "warn",           "module",   "setfenv", "getfenv"};
 
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(libs); i++) {
         luaL_requiref(L, libs[i].name, libs[i].func, 1);
@@ -625,6 +679,8 @@ static int l_setup(lua_State *L)
     lua_setfield(L, g, "next");
     lua_pushcfunction(L, l_setmetatable);
     lua_setfield(L, g, "setmetatable");
+    lua_pushcfunction(L, l_xpcall);
+    lua_setfield(L, g, "xpcall");
 
     /* Library tables are changed in place: the string metatable's __index is the real string
      * table, so ("").dump must be gone from it, not only from the proxy. */
@@ -654,6 +710,9 @@ static int l_setup(lua_State *L)
     loyd_luajson_push_null(L);
     lua_setfield(L, -2, "json_null");
     lua_setfield(L, g, "loyd");
+    if (luaL_loadbufferx(L, builtin_lua, sizeof(builtin_lua) - 1, "=loyd/builtin", "t") != 0)
+        return lua_error(L);
+    lua_call(L, 0, 0);
 
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &modules_key);
@@ -693,10 +752,10 @@ static void freeze_value(lua_State *L, int idx, int seen, int depth, bool global
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         freeze_value(L, -1, seen, depth + 1, false);
-        lua_pushvalue(L, -3);      /* key */
-        lua_insert(L, -2);         /* key, frozen value */
+        lua_pushvalue(L, -3); /* key */
+        lua_insert(L, -2);    /* key, frozen value */
         lua_rawset(L, copy);
-        lua_pop(L, 1);             /* the original value */
+        lua_pop(L, 1); /* the original value */
     }
     lua_remove(L, copy);
 }
@@ -738,13 +797,16 @@ int loyd_sandbox_create(const char *name, const struct loyd_sandbox_limits *lim,
         goto fail;
     }
     lua_atpanic(sb->L, l_panic);
-    rc = run_protected(sb, l_setup, sb, 0, &base, NULL);
+    struct loyd_buf err = {0};
+    rc = run_protected(sb, l_setup, sb, 0, &base, &err);
     lua_settop(sb->L, base);
     if (rc != 0) {
-        loyd_log_err(LUA, "sandbox %s: setup failed: %s", sb->name, loyd_strerror(rc));
+        loyd_log_err(LUA, "sandbox %s: setup failed: %s", sb->name, err.data);
+        loyd_buf_free(&err);
         rc = -ENOMEM;
         goto fail;
     }
+    loyd_buf_free(&err);
     *out = sb;
     return 0;
 fail:
@@ -837,7 +899,7 @@ static bool valid_ident(const char *s)
 
 int loyd_sandbox_define(struct loyd_sandbox *sb, const char *name, lua_CFunction fn)
 {
-    struct define_args a = { .name = name, .fn = fn };
+    struct define_args a = {.name = name, .fn = fn};
     int base;
 
     if (!valid_ident(name) || fn == NULL)
@@ -898,8 +960,10 @@ static int load_common(struct loyd_sandbox *sb, struct load_args *a, struct loyd
     }
     if (a->len > 0 && a->src[0] == LUA_SIGNATURE[0]) {
         if (err != NULL)
-            loyd_buf_printf(err, "%s: precompiled (binary) chunks are not allowed; load the "
-                                 "Lua source", a->chunkname);
+            loyd_buf_printf(err,
+                            "%s: precompiled (binary) chunks are not allowed; load the "
+                            "Lua source",
+                            a->chunkname);
         return LOYD_EPARSE;
     }
     int rc = run_protected(sb, l_load_chunk, a, 1, &base, err);
@@ -915,7 +979,7 @@ static int load_common(struct loyd_sandbox *sb, struct load_args *a, struct loyd
 int loyd_sandbox_prelude(struct loyd_sandbox *sb, const char *chunkname, const char *lua_src,
                          size_t len, struct loyd_buf *err)
 {
-    struct load_args a = { .sb = sb, .chunkname = chunkname, .src = lua_src, .len = len };
+    struct load_args a = {.sb = sb, .chunkname = chunkname, .src = lua_src, .len = len};
 
     if (chunkname == NULL || lua_src == NULL)
         return -EINVAL;
@@ -939,8 +1003,7 @@ static bool valid_module(const char *s)
 int loyd_sandbox_load(struct loyd_sandbox *sb, const char *module, const char *src, size_t len,
                       struct loyd_buf *err)
 {
-    struct load_args a = { .sb = sb, .module = module, .chunkname = module, .src = src,
-                           .len = len };
+    struct load_args a = {.sb = sb, .module = module, .chunkname = module, .src = src, .len = len};
     int rc;
 
     if (!valid_module(module) || src == NULL) {
@@ -952,8 +1015,7 @@ int loyd_sandbox_load(struct loyd_sandbox *sb, const char *module, const char *s
         return rc;
     rc = load_common(sb, &a, err);
     if (rc != 0)
-        loyd_log_info(LUA, "sandbox %s: load %s failed: %s", sb->name, module,
-                      loyd_strerror(rc));
+        loyd_log_info(LUA, "sandbox %s: load %s failed: %s", sb->name, module, loyd_strerror(rc));
     return rc;
 }
 
@@ -996,7 +1058,7 @@ static int l_handlers(lua_State *L)
 
 int loyd_sandbox_handlers(struct loyd_sandbox *sb, const char *module, json_t **names)
 {
-    struct handlers_args a = { .module = module, .names = json_array() };
+    struct handlers_args a = {.module = module, .names = json_array()};
     int base, rc;
 
     *names = NULL;
@@ -1067,11 +1129,11 @@ static int l_call(lua_State *L)
     return 1;
 }
 
-int loyd_sandbox_call(struct loyd_sandbox *sb, const struct loyd_sandbox_call *c,
-                      json_t **result, json_t **log, struct loyd_buf *err)
+int loyd_sandbox_call(struct loyd_sandbox *sb, const struct loyd_sandbox_call *c, json_t **result,
+                      json_t **log, struct loyd_buf *err)
 {
-    struct call_args a = { .c = c, .phase = PHASE_LOOKUP };
-    struct loyd_buf cerr = { 0 };
+    struct call_args a = {.c = c, .phase = PHASE_LOOKUP};
+    struct loyd_buf cerr = {0};
     lua_State *L = sb->L;
     int base, rc;
 
@@ -1079,8 +1141,8 @@ int loyd_sandbox_call(struct loyd_sandbox *sb, const struct loyd_sandbox_call *c
     if (log != NULL)
         *log = NULL;
     if (c->module == NULL || c->handler == NULL || c->nargs > MAX_ARGS ||
-        (c->nargs > 0 && c->args == NULL) || c->tz_offset_min < -1440 ||
-        c->tz_offset_min > 1440 || c->now_ms > (uint64_t)INT64_MAX) {
+        (c->nargs > 0 && c->args == NULL) || c->tz_offset_min < -1440 || c->tz_offset_min > 1440 ||
+        c->now_ms > (uint64_t)INT64_MAX) {
         if (err != NULL)
             loyd_buf_puts(err, "invalid sandbox call");
         return -EINVAL;

@@ -6,16 +6,23 @@
  * hook that a rule's own pcall cannot swallow), the loaded rule modules, and the per-call
  * deterministic context (frozen clock, seeded PRNG, trace log).
  *
- * What rules see: base (minus dofile/loadfile/load/collectgarbage/rawset/rawget/__gc), table,
- * string (minus dump, rep capped), math (random seeded per call, no randomseed), utf8, and a
+ * What rules see: base (minus dofile/loadfile/load/collectgarbage/rawset/rawget/warn; no __gc
+ * in setmetatable; xpcall calls its handler after unwinding, so the handler stays under the
+ * hook; next/pairs see through read-only proxies), table (move capped), string (minus dump,
+ * rep capped), math (random seeded per call, no randomseed), utf8, and a
  * `loyd` table: log, now, today, date_add_days, days_between, null/json_null, array, is_array,
- * json_encode, json_decode, plus whatever the rule engine adds with loyd_sandbox_define() or
- * loyd_sandbox_prelude().  print is routed to loyd.log.  Every global and library table is a
- * read-only proxy; a rule file must `return` a table of handlers.
+ * keys (sorted: pairs order is not reproducible), json_encode, json_decode, plus whatever the
+ * rule engine adds with loyd_sandbox_define() or loyd_sandbox_prelude().  print is routed to
+ * loyd.log.  Every global and library table is a read-only proxy; a rule file must `return` a
+ * table of handlers.
  *
  * Lifecycle: create -> (define | prelude)* -> [freeze] -> (load | handlers | call)* -> destroy.
  * The first load freezes implicitly.  All functions: loop thread only (one thread at a time per
  * sandbox; different sandboxes are independent).
+ *
+ * Known limit: one C call (string.find/match/gsub with a pattern like ".-.-.-x" on a long
+ * subject) runs without hooks and can exceed the wall budget on its own; only a loop of such
+ * calls is stopped.  Module upvalues persist between calls of one sandbox (per-tenant state).
  */
 #ifndef LOYD_SANDBOX_H
 #define LOYD_SANDBOX_H
@@ -32,7 +39,7 @@
 #define LOYD_SANDBOX_DEFAULT_MEMORY (16u * 1024 * 1024)
 #define LOYD_SANDBOX_DEFAULT_INSTRUCTIONS 10000000u
 #define LOYD_SANDBOX_DEFAULT_WALL_MS 250u
-/* Smallest memory cap accepted: the libraries alone need some 40 KiB. */
+/* Smallest memory cap accepted (a fresh frozen state holds about 21 KiB). */
 #define LOYD_SANDBOX_MIN_MEMORY (128u * 1024)
 /* Largest rule source accepted by loyd_sandbox_load / loyd_sandbox_prelude. */
 #define LOYD_SANDBOX_MAX_SOURCE (1024u * 1024)
@@ -94,8 +101,8 @@ LOYD_MUST_CHECK int loyd_sandbox_freeze(struct loyd_sandbox *sb, struct loyd_buf
  * @return 0, -EINVAL (bad module name), LOYD_ELIMIT (too big), LOYD_EPARSE (bytecode or syntax
  *         error), LOYD_ERULE (raised, or did not return a table), LOYD_EBUDGET, LOYD_ERULEMEM.
  */
-LOYD_MUST_CHECK int loyd_sandbox_load(struct loyd_sandbox *sb, const char *module,
-                                      const char *src, size_t len, struct loyd_buf *err);
+LOYD_MUST_CHECK int loyd_sandbox_load(struct loyd_sandbox *sb, const char *module, const char *src,
+                                      size_t len, struct loyd_buf *err);
 
 /**
  * Lists the handler names of a loaded module: its string keys whose values are functions,
