@@ -6,8 +6,8 @@
  * and the pack's own test files.  It does not run rules: rules.c does, in a sandbox.
  *
  *   PACK_DIR/pack.conf     Lua data: name, version, extends, description, settings = {...}
- *   PACK_DIR/rules/*.lua   rule files (run in file-name order)
- *   PACK_DIR/tests/*.lua   offline tests (see pack_test.c)
+ *   PACK_DIR/rules/NAME.lua  rule files (run in file-name order)
+ *   PACK_DIR/tests/NAME.lua  offline tests (see pack_test.c)
  *
  * pack.conf is read by a small data-only loader: an empty environment (no functions at all),
  * text chunks only, an instruction and a memory cap.  Settings schema entries:

@@ -526,7 +526,11 @@ static int apply_award(struct eval *ev, json_t *e, const char *file, struct loyd
                             (long long)days);
             goto out;
         }
-        expires = ev->at + days * LOYD_DAY_MS;
+        /* Valid through the day N days from today (tenant's calendar), expiring at midnight:
+         * people count expiry in days, not in hours since the purchase. */
+        int64_t from, to;
+        loyd_date_day_bounds(ev->at, ev->in->tz_offset_min, &from, &to);
+        expires = to + days * LOYD_DAY_MS;
     } else if ((x = json_object_get(e, "expires_at")) != NULL) {
         if (json_is_string(x)) {
             if (loyd_date_parse(json_string_value(x), ev->in->tz_offset_min, &expires) != 0) {
