@@ -28,27 +28,33 @@ static const char *const conf_fields[] = { "name", "version", "extends", "descri
 
 /* ---- suggestions ------------------------------------------------------------------------ */
 
+/* Optimal string alignment distance: a swap of two neighbours ("hlep") counts as one edit. */
 static size_t edit_distance(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
-    size_t row[65];
+    unsigned char d[65][65];
 
     if (la > 64 || lb > 64)
         return SIZE_MAX;
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = (unsigned char)i;
     for (size_t j = 0; j <= lb; j++)
-        row[j] = j;
+        d[0][j] = (unsigned char)j;
     for (size_t i = 1; i <= la; i++) {
-        size_t prev = row[0];
-        row[0] = i;
         for (size_t j = 1; j <= lb; j++) {
-            size_t cur = row[j];
-            size_t sub = prev + (a[i - 1] != b[j - 1]);
-            size_t del = row[j] + 1, ins = row[j - 1] + 1;
-            row[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
-            prev = cur;
+            unsigned cost = a[i - 1] != b[j - 1];
+            unsigned v = d[i - 1][j] + 1u;
+            if (d[i][j - 1] + 1u < v)
+                v = d[i][j - 1] + 1u;
+            if (d[i - 1][j - 1] + cost < v)
+                v = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1u < v)
+                v = d[i - 2][j - 2] + 1u;
+            d[i][j] = (unsigned char)v;
         }
     }
-    return row[lb];
+    return d[la][lb];
 }
 
 const char *loyd_suggest(const char *word, const char *const *cands, size_t n)
@@ -96,26 +102,31 @@ int loyd_pack_line_of(const char *src, const char *key)
     size_t kl = strlen(key);
     int line = 1;
 
+    if (kl == 0)
+        return 1;
     for (const char *p = src; *p != '\0'; p++) {
-        if (p == src || p[-1] == '\n') {
-            const char *q = p;
-            while (*q == ' ' || *q == '\t')
-                q++;
-            if (strncmp(q, key, kl) == 0) {
-                const char *r = q + kl;
-                while (*r == ' ' || *r == '\t')
-                    r++;
-                if (*r == '=' && r[1] != '=')
-                    return line;
-            }
-            if (*q == '[' && (q[1] == '"' || q[1] == '\'') && strncmp(q + 2, key, kl) == 0 &&
-                q[2 + kl] == q[1])
-                return line;
-        }
-        if (*p == '\n')
+        if (*p == '\n') {
             line++;
+            continue;
+        }
+        if (strncmp(p, key, kl) != 0)
+            continue;
+        char before = p == src ? ' ' : p[-1];
+        const char *r = p + kl;
+        if ((before == '"' || before == '\'') && *r == before && p - src >= 2 && p[-2] == '[') {
+            return line; /* ["key"] = */
+        }
+        bool ident = (before >= 'a' && before <= 'z') || (before >= 'A' && before <= 'Z') ||
+                     (before >= '0' && before <= '9') || before == '_' || before == '.' ||
+                     before == '"' || before == '\'';
+        if (ident)
+            continue;
+        while (*r == ' ' || *r == '\t')
+            r++;
+        if (*r == '=' && r[1] != '=')
+            return line;
     }
-    return 0;
+    return 1;
 }
 
 /* ---- the data-only loader ----------------------------------------------------------------- */
@@ -816,6 +827,7 @@ static int load_rec(const char *dir, const char *search_path, char **chain, int 
     }
     const char *k;
     json_t *v;
+    bool conf_bad = false;
     rc = 0;
     json_object_foreach(conf, k, v) {
         bool known = false;
@@ -826,7 +838,7 @@ static int load_rec(const char *dir, const char *search_path, char **chain, int 
                             loyd_pack_line_of(src, k), k);
             put_hint(err, loyd_suggest(k, conf_fields, LOYD_ARRAY_SIZE(conf_fields)));
             loyd_buf_puts(err, "\n");
-            rc = LOYD_ECONFIG;
+            conf_bad = true; /* keep going: report the settings' problems too */
         }
     }
     static const char *const strfields[] = { "name", "version", "extends", "description" };
@@ -900,8 +912,10 @@ static int load_rec(const char *dir, const char *search_path, char **chain, int 
         p->schema = s;
         p->defaults = d;
     }
-    if ((rc = merge_schema(p, json_object_get(conf, "settings"), src, err)) != 0)
+    if ((rc = merge_schema(p, json_object_get(conf, "settings"), src, err)) != 0 || conf_bad) {
+        rc = LOYD_ECONFIG;
         goto fail;
+    }
 
     struct loyd_pack_file *own = NULL;
     size_t nown = 0;

@@ -101,7 +101,7 @@ const char *loyd_suggest(const char *word, const char *const *cands, size_t n);
 LOYD_MUST_CHECK int loyd_pack_load_data(const char *chunkname, const char *src, size_t len,
                                         json_t **out, struct loyd_buf *err);
 
-/** Finds the first line of @p src that assigns @p key ("key =" or ["key"]); 0 if none. */
+/** Finds the first line of @p src that assigns @p key ("key =" or ["key"]); 1 if none. */
 int loyd_pack_line_of(const char *src, const char *key);
 
 #endif

@@ -1195,8 +1195,6 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
         json_array_foreach(keys, k, d) {
             const char *key = str_field(d, "key"), *t = str_field(d, "type");
             int line = loyd_pack_line_of(f->src, key);
-            if (line == 0)
-                line = 1;
             if (!loyd_rules_event_known(key)) {
                 const char *s = loyd_suggest(key, loyd_rules_events, 7);
                 loyd_buf_printf(out, "%s:%d: '%s' is not an event name", f->path, line, key);
@@ -1239,8 +1237,6 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
         json_t *res = NULL, *log = NULL;
         struct loyd_buf cerr = { 0 };
         int line = loyd_pack_line_of(f->src, type);
-        if (line == 0)
-            line = 1;
         int crc = loyd_sandbox_call(r->sb, &c, &res, &log, &cerr);
         if (crc != 0) {
             loyd_buf_printf(out, "%s:%d: handler '%s' failed on a sample %s event: %s\n", f->path,
