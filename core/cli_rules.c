@@ -30,7 +30,7 @@ int loyd_cmd_check(int argc, char **argv)
 
 int loyd_cmd_test(int argc, char **argv)
 {
-    struct loyd_pack_test_opts o = { 0 };
+    struct loyd_pack_test_opts o = {0};
     const char *dir = NULL;
 
     for (int i = 1; i < argc; i++) {

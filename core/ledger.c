@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const kinds[] = { "award", "redeem", "expire", "reverse", "adjust" };
+static const char *const kinds[] = {"award", "redeem", "expire", "reverse", "adjust"};
 
 /* ---- dates ---------------------------------------------------------------------------------- */
 
@@ -57,8 +57,8 @@ void loyd_date_format(int64_t ms, int tz_offset_min, char out[11])
 
 int loyd_date_parse(const char *s, int tz_offset_min, int64_t *ms)
 {
-    static const unsigned mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-    unsigned v[3] = { 0, 0, 0 };
+    static const unsigned mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    unsigned v[3] = {0, 0, 0};
 
     if (s == NULL || strlen(s) != 10 || s[4] != '-' || s[7] != '-')
         return -EINVAL;
@@ -146,7 +146,7 @@ static int check_row(const struct loyd_ledger *lg, const json_t *row, long idx, 
         loyd_buf_printf(err, "%s: not an object", where);
         return -EINVAL;
     }
-    static const char *const strs[] = { "kind", "reason", "ref", "campaign", "member_id" };
+    static const char *const strs[] = {"kind", "reason", "ref", "campaign", "member_id"};
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(strs); i++) {
         v = json_object_get(row, strs[i]);
         if (v != NULL && !json_is_null(v) &&
@@ -156,7 +156,7 @@ static int check_row(const struct loyd_ledger *lg, const json_t *row, long idx, 
             goto bad;
         }
     }
-    static const char *const ints[] = { "id", "points", "at", "expires_ms", "lot_id" };
+    static const char *const ints[] = {"id", "points", "at", "expires_ms", "lot_id"};
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(ints); i++) {
         v = json_object_get(row, ints[i]);
         if (v != NULL && !json_is_null(v) && !json_is_integer(v)) {
@@ -192,8 +192,9 @@ static int check_row(const struct loyd_ledger *lg, const json_t *row, long idx, 
         goto bad;
     }
     if (row_int(row, "at") < 0 || row_int(row, "expires_ms") < 0 || lot_id < 0) {
-        field = row_int(row, "at") < 0 ? "at" : row_int(row, "expires_ms") < 0 ? "expires_ms"
-                                                                              : "lot_id";
+        field = row_int(row, "at") < 0           ? "at"
+                : row_int(row, "expires_ms") < 0 ? "expires_ms"
+                                                 : "lot_id";
         why = "must not be negative";
         goto bad;
     }
@@ -466,7 +467,8 @@ int64_t loyd_ledger_awarded_between(const struct loyd_ledger *lg, int64_t from_m
     size_t i;
     json_t *row;
 
-    json_array_foreach(lg->rows, i, row) {
+    json_array_foreach(lg->rows, i, row)
+    {
         const char *kind = row_str(row, "kind");
         int64_t at = row_int(row, "at"), p = row_int(row, "points");
         if (strcmp(kind, "award") == 0 && p > 0 && at >= from_ms && at < to_ms)
@@ -481,7 +483,8 @@ json_t *loyd_ledger_campaign_totals(const json_t *rows)
     size_t i;
     json_t *row;
 
-    json_array_foreach(rows, i, row) {
+    json_array_foreach(rows, i, row)
+    {
         const char *c = row_str(row, "campaign"), *kind = row_str(row, "kind");
         if (c == NULL || kind == NULL)
             continue;
@@ -493,9 +496,9 @@ json_t *loyd_ledger_campaign_totals(const json_t *rows)
     return out;
 }
 
-int loyd_ledger_award(struct loyd_ledger *lg, int64_t points, const char *reason,
-                      const char *ref, const char *campaign, int64_t expires_ms, int64_t at_ms,
-                      json_t *out, struct loyd_buf *err)
+int loyd_ledger_award(struct loyd_ledger *lg, int64_t points, const char *reason, const char *ref,
+                      const char *campaign, int64_t expires_ms, int64_t at_ms, json_t *out,
+                      struct loyd_buf *err)
 {
     if (points <= 0) {
         loyd_buf_printf(err, "award: points must be positive (got %lld)", (long long)points);
@@ -504,9 +507,8 @@ int loyd_ledger_award(struct loyd_ledger *lg, int64_t points, const char *reason
     return write_row(lg, "award", points, reason, ref, campaign, expires_ms, 0, at_ms, out, err);
 }
 
-int loyd_ledger_redeem(struct loyd_ledger *lg, int64_t points, const char *reason,
-                       const char *ref, bool allow_negative, int64_t at_ms, json_t *out,
-                       struct loyd_buf *err)
+int loyd_ledger_redeem(struct loyd_ledger *lg, int64_t points, const char *reason, const char *ref,
+                       bool allow_negative, int64_t at_ms, json_t *out, struct loyd_buf *err)
 {
     size_t n;
     int64_t avail = 0, need = points;
@@ -562,7 +564,8 @@ int loyd_ledger_reverse(struct loyd_ledger *lg, const char *ref, const char *rea
     size_t nl = 0;
     int64_t unbacked = 0;
     bool any = false;
-    json_array_foreach(lg->rows, i, row) {
+    json_array_foreach(lg->rows, i, row)
+    {
         const char *r = row_str(row, "ref"), *kind = row_str(row, "kind");
         if (r == NULL || strcmp(r, ref) != 0)
             continue;
@@ -605,7 +608,8 @@ int loyd_ledger_reverse(struct loyd_ledger *lg, const char *ref, const char *rea
             continue;
         int64_t expired = 0;
         size_t j;
-        json_array_foreach(lg->rows, j, row) {
+        json_array_foreach(lg->rows, j, row)
+        {
             if (row_int(row, "lot_id") == l->id && strcmp(row_str(row, "kind"), "expire") == 0)
                 expired += -row_int(row, "points");
         }
@@ -631,8 +635,8 @@ int loyd_ledger_reverse(struct loyd_ledger *lg, const char *ref, const char *rea
     return rc;
 }
 
-int loyd_ledger_expire(struct loyd_ledger *lg, int64_t at_ms, json_t *out,
-                       int64_t *expired_points, struct loyd_buf *err)
+int loyd_ledger_expire(struct loyd_ledger *lg, int64_t at_ms, json_t *out, int64_t *expired_points,
+                       struct loyd_buf *err)
 {
     int rc = 0;
     int64_t total = 0;
@@ -669,12 +673,12 @@ int loyd_ledger_spend(const json_t *purchases, int64_t now_ms, struct loyd_spend
         loyd_buf_printf(err, "purchases: more than %u entries", LOYD_LEDGER_MAX_ROWS);
         return -EINVAL;
     }
-    json_array_foreach(purchases, i, p) {
+    json_array_foreach(purchases, i, p)
+    {
         json_t *amount = json_object_get(p, "amount"), *at = json_object_get(p, "at");
         if (!json_is_integer(amount) || json_integer_value(amount) < 0 ||
             json_integer_value(amount) > LOYD_LEDGER_MAX_POINTS * 100) {
-            loyd_buf_printf(err, "purchase %zu: field 'amount' must be a non-negative integer",
-                            i);
+            loyd_buf_printf(err, "purchase %zu: field 'amount' must be a non-negative integer", i);
             return -EINVAL;
         }
         if (!json_is_integer(at) || json_integer_value(at) < 0) {

@@ -48,21 +48,21 @@ struct loyd_lot {
     int64_t remaining;  /* after spends, expiry, reversal and debt */
     int64_t expires_ms; /* 0: never */
     int64_t at_ms;
-    char *kind;         /* "award" or "adjust" (owned) */
-    char *ref;          /* owned, may be NULL */
-    char *campaign;     /* owned, may be NULL */
-    bool reversed;      /* a reverse row names it */
-    bool expired;       /* an expire row names it */
+    char *kind;     /* "award" or "adjust" (owned) */
+    char *ref;      /* owned, may be NULL */
+    char *campaign; /* owned, may be NULL */
+    bool reversed;  /* a reverse row names it */
+    bool expired;   /* an expire row names it */
 };
 
 struct loyd_ledger {
-    char *member_id;    /* owned */
+    char *member_id; /* owned */
     struct loyd_lot *lots;
     size_t nlots, cap;
     int64_t balance;
-    int64_t debt;       /* >= 0 */
+    int64_t debt; /* >= 0 */
     int64_t max_id;
-    json_t *rows;       /* owned: every row, replayed ones and appended ones, id order */
+    json_t *rows; /* owned: every row, replayed ones and appended ones, id order */
 };
 
 /**
@@ -135,10 +135,9 @@ struct loyd_reversal {
  * shortfall.  Redemptions with the same ref are given back to the lots they came from (those
  * lots keep their expiry).  -ENOENT when nothing carries the ref.
  */
-LOYD_MUST_CHECK int loyd_ledger_reverse(struct loyd_ledger *lg, const char *ref,
-                                        const char *reason, bool allow_negative, int64_t at_ms,
-                                        json_t *out, struct loyd_reversal *rv,
-                                        struct loyd_buf *err);
+LOYD_MUST_CHECK int loyd_ledger_reverse(struct loyd_ledger *lg, const char *ref, const char *reason,
+                                        bool allow_negative, int64_t at_ms, json_t *out,
+                                        struct loyd_reversal *rv, struct loyd_buf *err);
 
 /** Writes expire rows for every lot with remaining points whose expiry is <= @p at_ms. */
 LOYD_MUST_CHECK int loyd_ledger_expire(struct loyd_ledger *lg, int64_t at_ms, json_t *out,
@@ -146,9 +145,9 @@ LOYD_MUST_CHECK int loyd_ledger_expire(struct loyd_ledger *lg, int64_t at_ms, js
 
 /** Purchase statistics from a purchase history. */
 struct loyd_spend {
-    int64_t d30, d365, total;    /* amounts, minor units */
-    int64_t n30, n365, ntotal;   /* counts */
-    int64_t first_ms, last_ms;   /* 0 when no purchase */
+    int64_t d30, d365, total;  /* amounts, minor units */
+    int64_t n30, n365, ntotal; /* counts */
+    int64_t first_ms, last_ms; /* 0 when no purchase */
 };
 
 /**

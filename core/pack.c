@@ -20,11 +20,10 @@
 #define DATA_MAX_DEPTH 32
 #define DATA_MAX_NODES 100000u
 
-static const char *const types[] = { "int",  "string", "bool", "percent_bp", "days",
-                                     "date", "list",   "map",  "table" };
-static const char *const spec_fields[] = { "type", "default", "help", "of", "min", "max" };
-static const char *const conf_fields[] = { "name", "version", "extends", "description",
-                                           "settings" };
+static const char *const types[] = {"int",  "string", "bool", "percent_bp", "days",
+                                    "date", "list",   "map",  "table"};
+static const char *const spec_fields[] = {"type", "default", "help", "of", "min", "max"};
+static const char *const conf_fields[] = {"name", "version", "extends", "description", "settings"};
 
 /* ---- suggestions ------------------------------------------------------------------------ */
 
@@ -84,8 +83,7 @@ static const char *suggest_key(const char *word, const json_t *obj)
     const char *k;
     json_t *v;
 
-    json_object_foreach((json_t *)obj, k, v)
-        c[i++] = k;
+    json_object_foreach((json_t *)obj, k, v) c[i++] = k;
     const char *s = loyd_suggest(word, c, n);
     free(c);
     return s;
@@ -206,8 +204,7 @@ static json_t *data_to_json(lua_State *L, struct conv *cv, const char *path, int
     case LUA_TTABLE:
         break;
     default:
-        loyd_buf_printf(cv->err, "%s: %s: a %s is not data\n", cv->chunk, path,
-                        lua_typename(L, t));
+        loyd_buf_printf(cv->err, "%s: %s: a %s is not data\n", cv->chunk, path, lua_typename(L, t));
         return NULL;
     }
     if (!lua_checkstack(L, 4)) {
@@ -300,9 +297,9 @@ static int l_data_run(lua_State *L)
 int loyd_pack_load_data(const char *chunkname, const char *src, size_t len, json_t **out,
                         struct loyd_buf *err)
 {
-    struct data_budget b = { 0 };
-    struct data_run r = { .chunkname = chunkname, .src = src, .len = len };
-    struct loyd_buf cerr = { 0 };
+    struct data_budget b = {0};
+    struct data_run r = {.chunkname = chunkname, .src = src, .len = len};
+    struct loyd_buf cerr = {0};
     lua_State *L;
 
     *out = NULL;
@@ -353,7 +350,7 @@ static bool known_type(const char *t)
 
 static bool valid_date(const char *s)
 {
-    static const unsigned mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    static const unsigned mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     unsigned y = 0, m = 0, d = 0;
 
     if (s == NULL || strlen(s) != 10 || s[4] != '-' || s[7] != '-')
@@ -394,8 +391,7 @@ static int check_typed(const char *type, const json_t *spec, const json_t *v, co
     const char *of = json_string_value(json_object_get(spec, "of"));
     json_t *jmin = json_object_get(spec, "min"), *jmax = json_object_get(spec, "max");
 
-    if (strcmp(type, "int") == 0 || strcmp(type, "percent_bp") == 0 ||
-        strcmp(type, "days") == 0) {
+    if (strcmp(type, "int") == 0 || strcmp(type, "percent_bp") == 0 || strcmp(type, "days") == 0) {
         if (!json_is_integer(v)) {
             loyd_buf_printf(err, "%s: expected %s, got %s\n", path,
                             strcmp(type, "int") == 0 ? "an integer" : type, json_kind(v));
@@ -450,7 +446,8 @@ static int check_typed(const char *type, const json_t *spec, const json_t *v, co
             size_t i;
             json_t *x;
             int rc = 0;
-            json_array_foreach(v, i, x) {
+            json_array_foreach(v, i, x)
+            {
                 char p[256];
                 snprintf(p, sizeof(p), "%s[%zu]", path, i + 1);
                 if (check_typed(of, sub, x, p, err) != 0)
@@ -472,7 +469,8 @@ static int check_typed(const char *type, const json_t *spec, const json_t *v, co
             const char *k;
             json_t *x;
             int rc = 0;
-            json_object_foreach((json_t *)v, k, x) {
+            json_object_foreach((json_t *)v, k, x)
+            {
                 char p[256];
                 snprintf(p, sizeof(p), "%s.%s", path, k);
                 if (check_typed(of, sub, x, p, err) != 0)
@@ -529,18 +527,21 @@ static int merge_schema(struct loyd_pack *p, const json_t *settings, const char 
     if (settings == NULL)
         return 0;
     if (!json_is_object(settings)) {
-        loyd_buf_printf(err, "%s:%d: settings must be a record { name = { type = ..., default = "
-                             "... }, ... }\n",
+        loyd_buf_printf(err,
+                        "%s:%d: settings must be a record { name = { type = ..., default = "
+                        "... }, ... }\n",
                         p->conf_path, loyd_pack_line_of(src, "settings"));
         return LOYD_ECONFIG;
     }
-    json_object_foreach((json_t *)settings, key, spec) {
+    json_object_foreach((json_t *)settings, key, spec)
+    {
         int line = loyd_pack_line_of(src, key);
         char path[200];
         snprintf(path, sizeof(path), "%s:%d: setting '%s'", p->conf_path, line, key);
         if (!json_is_object(spec)) {
-            loyd_buf_printf(err, "%s: must be a record { type = ..., default = ..., help = ... "
-                                 "}\n",
+            loyd_buf_printf(err,
+                            "%s: must be a record { type = ..., default = ..., help = ... "
+                            "}\n",
                             path);
             rc = LOYD_ECONFIG;
             continue;
@@ -548,7 +549,8 @@ static int merge_schema(struct loyd_pack *p, const json_t *settings, const char 
         const char *f;
         json_t *fv;
         bool bad = false;
-        json_object_foreach(spec, f, fv) {
+        json_object_foreach(spec, f, fv)
+        {
             bool known = false;
             for (size_t i = 0; i < LOYD_ARRAY_SIZE(spec_fields); i++)
                 known = known || strcmp(f, spec_fields[i]) == 0;
@@ -565,13 +567,15 @@ static int merge_schema(struct loyd_pack *p, const json_t *settings, const char 
         const char *type = json_string_value(json_object_get(merged, "type"));
         if (base != NULL && json_object_get(spec, "type") != NULL &&
             !json_equal(json_object_get(spec, "type"), json_object_get(base, "type"))) {
-            loyd_buf_printf(err, "%s: a child pack may not change the type of an inherited "
-                                 "setting\n",
+            loyd_buf_printf(err,
+                            "%s: a child pack may not change the type of an inherited "
+                            "setting\n",
                             path);
             bad = true;
         } else if (type == NULL) {
-            loyd_buf_printf(err, "%s: needs a type (one of int, string, bool, percent_bp, days, "
-                                 "date, list, map, table)\n",
+            loyd_buf_printf(err,
+                            "%s: needs a type (one of int, string, bool, percent_bp, days, "
+                            "date, list, map, table)\n",
                             path);
             bad = true;
         } else if (!known_type(type)) {
@@ -694,15 +698,15 @@ static int read_lua_dir(const struct loyd_pack *p, const char *sub, struct loyd_
     closedir(d);
     qsort(names, n, sizeof(*names), cmp_str);
     for (size_t i = 0; i < n && rc == 0; i++) {
-        struct loyd_pack_file f = { 0 };
+        struct loyd_pack_file f = {0};
         f.path = loyd_xasprintf("%s/%s", dpath, names[i]);
         f.name = loyd_xstrdup(names[i]);
         f.pack = loyd_xstrdup(p->name);
         bool printable = strlen(f.path) <= 200;
         for (const char *c = f.path; printable && *c != '\0'; c++)
             printable = (unsigned char)*c >= 0x20 && (unsigned char)*c < 0x7f;
-        f.module = printable ? loyd_xstrdup(f.path)
-                             : loyd_xasprintf("%s/%s/%s", p->name, sub, names[i]);
+        f.module =
+            printable ? loyd_xstrdup(f.path) : loyd_xasprintf("%s/%s/%s", p->name, sub, names[i]);
         if ((rc = read_file(f.path, &f.src, &f.len, err)) != 0) {
             file_free(&f);
             break;
@@ -748,8 +752,7 @@ static bool is_dir(const char *path)
 static char *resolve_base(const char *dir, const char *extends, const char *search_path)
 {
     if (strchr(extends, '/') != NULL || extends[0] == '.') {
-        char *p = extends[0] == '/' ? loyd_xstrdup(extends)
-                                    : loyd_xasprintf("%s/%s", dir, extends);
+        char *p = extends[0] == '/' ? loyd_xstrdup(extends) : loyd_xasprintf("%s/%s", dir, extends);
         if (is_dir(p))
             return p;
         free(p);
@@ -829,19 +832,20 @@ static int load_rec(const char *dir, const char *search_path, char **chain, int 
     json_t *v;
     bool conf_bad = false;
     rc = 0;
-    json_object_foreach(conf, k, v) {
+    json_object_foreach(conf, k, v)
+    {
         bool known = false;
         for (size_t i = 0; i < LOYD_ARRAY_SIZE(conf_fields); i++)
             known = known || strcmp(k, conf_fields[i]) == 0;
         if (!known) {
-            loyd_buf_printf(err, "%s:%d: unknown key '%s'", p->conf_path,
-                            loyd_pack_line_of(src, k), k);
+            loyd_buf_printf(err, "%s:%d: unknown key '%s'", p->conf_path, loyd_pack_line_of(src, k),
+                            k);
             put_hint(err, loyd_suggest(k, conf_fields, LOYD_ARRAY_SIZE(conf_fields)));
             loyd_buf_puts(err, "\n");
             conf_bad = true; /* keep going: report the settings' problems too */
         }
     }
-    static const char *const strfields[] = { "name", "version", "extends", "description" };
+    static const char *const strfields[] = {"name", "version", "extends", "description"};
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(strfields); i++) {
         v = json_object_get(conf, strfields[i]);
         if (v != NULL && !json_is_string(v)) {
@@ -880,8 +884,8 @@ static int load_rec(const char *dir, const char *search_path, char **chain, int 
         }
         char *bdir = resolve_base(dir, extends, search_path);
         if (bdir == NULL) {
-            loyd_buf_printf(err, "%s:%d: extends '%s': no such pack (looked %s)\n",
-                            p->conf_path, loyd_pack_line_of(src, "extends"), extends,
+            loyd_buf_printf(err, "%s:%d: extends '%s': no such pack (looked %s)\n", p->conf_path,
+                            loyd_pack_line_of(src, "extends"), extends,
                             strchr(extends, '/') != NULL || extends[0] == '.'
                                 ? "relative to the pack directory"
                                 : "in the search path and next to this pack");
@@ -959,7 +963,7 @@ fail:
 int loyd_pack_load(const char *dir, const char *search_path, struct loyd_pack **out,
                    struct loyd_buf *err)
 {
-    char *chain[LOYD_PACK_MAX_DEPTH] = { 0 };
+    char *chain[LOYD_PACK_MAX_DEPTH] = {0};
 
     *out = NULL;
     if (dir == NULL || !is_dir(dir)) {
@@ -986,7 +990,8 @@ int loyd_pack_settings(const struct loyd_pack *p, const json_t *overrides, const
         json_decref(eff);
         return LOYD_ECONFIG;
     }
-    json_object_foreach((json_t *)overrides, k, v) {
+    json_object_foreach((json_t *)overrides, k, v)
+    {
         json_t *spec = json_object_get(p->schema, k);
         if (spec == NULL) {
             loyd_buf_printf(err, "%s: unknown setting '%s' for pack '%s'", origin, k, p->name);

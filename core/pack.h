@@ -43,12 +43,12 @@ struct loyd_pack_file {
 };
 
 struct loyd_pack {
-    char *dir;         /* as given (owned) */
-    char *conf_path;   /* dir + "/pack.conf" (owned) */
+    char *dir;                          /* as given (owned) */
+    char *conf_path;                    /* dir + "/pack.conf" (owned) */
     char *name, *version, *description; /* owned; description may be NULL */
-    char *extends;     /* as written in pack.conf, or NULL (owned) */
-    json_t *schema;    /* {key: {type, default, help, of, min, max}} merged (owned) */
-    json_t *defaults;  /* {key: default} (owned) */
+    char *extends;                      /* as written in pack.conf, or NULL (owned) */
+    json_t *schema;   /* {key: {type, default, help, of, min, max}} merged (owned) */
+    json_t *defaults; /* {key: default} (owned) */
     struct loyd_pack_file *rules;
     size_t nrules;
     struct loyd_pack_file *tests; /* this pack's own tests only */
@@ -62,8 +62,8 @@ struct loyd_pack {
  * @p err gets one "file[:line]: message" line per problem found.
  * @return 0; LOYD_ECONFIG (invalid pack); -ENOENT (no such directory / pack.conf); -ENOMEM.
  */
-LOYD_MUST_CHECK int loyd_pack_load(const char *dir, const char *search_path,
-                                   struct loyd_pack **out, struct loyd_buf *err);
+LOYD_MUST_CHECK int loyd_pack_load(const char *dir, const char *search_path, struct loyd_pack **out,
+                                   struct loyd_buf *err);
 /** Accepts NULL. */
 void loyd_pack_destroy(struct loyd_pack *p);
 
@@ -81,8 +81,8 @@ LOYD_MUST_CHECK int loyd_pack_settings(const struct loyd_pack *p, const json_t *
  * Checks @p value against a schema entry (type/of/min/max).  @p path labels the message
  * ("setting 'caps.award_per_day'").  @return 0; -EINVAL with one line in @p err.
  */
-LOYD_MUST_CHECK int loyd_pack_check_value(const json_t *spec, const json_t *value,
-                                          const char *path, struct loyd_buf *err);
+LOYD_MUST_CHECK int loyd_pack_check_value(const json_t *spec, const json_t *value, const char *path,
+                                          struct loyd_buf *err);
 
 /**
  * The candidate closest to @p word by edit distance, if it is close enough to be a plausible

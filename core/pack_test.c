@@ -22,15 +22,15 @@
 
 #define NOON_MS (12LL * 3600 * 1000)
 
-static const char *const case_fields[] = { "name",   "now",    "tz_offset_min", "settings",
-                                           "member", "events", "expect" };
-static const char *const member_fields[] = { "id",       "balance",  "tier",
-                                             "lots",     "birthday", "referrer",
-                                             "attributes", "last_birthday_offer_year",
-                                             "spend",    "purchases", "history" };
-static const char *const expect_fields[] = { "effects", "rejected", "outbox",    "balance",
-                                             "tier",    "error",    "attributes" };
-static const char *const event_fields[] = { "type", "key", "at", "date", "deal", "contact" };
+static const char *const case_fields[] = {"name",   "now",    "tz_offset_min", "settings",
+                                          "member", "events", "expect"};
+static const char *const member_fields[] = {
+    "id",       "balance",   "tier",       "lots",
+    "birthday", "referrer",  "attributes", "last_birthday_offer_year",
+    "spend",    "purchases", "history"};
+static const char *const expect_fields[] = {"effects", "rejected", "outbox",    "balance",
+                                            "tier",    "error",    "attributes"};
+static const char *const event_fields[] = {"type", "key", "at", "date", "deal", "contact"};
 
 /* ---- rendering and matching ---------------------------------------------------------------- */
 
@@ -55,8 +55,7 @@ static void render(struct loyd_buf *b, const json_t *v)
         const char **keys = loyd_xcalloc(n + 1, sizeof(*keys));
         const char *k;
         json_t *x;
-        json_object_foreach((json_t *)v, k, x)
-            keys[i++] = k;
+        json_object_foreach((json_t *)v, k, x) keys[i++] = k;
         qsort(keys, n, sizeof(*keys), cmp_keys);
         loyd_buf_puts(b, "{");
         for (i = 0; i < n; i++) {
@@ -71,7 +70,8 @@ static void render(struct loyd_buf *b, const json_t *v)
         size_t i;
         json_t *x;
         loyd_buf_puts(b, "{");
-        json_array_foreach(v, i, x) {
+        json_array_foreach(v, i, x)
+        {
             if (i)
                 loyd_buf_puts(b, ", ");
             render(b, x);
@@ -110,7 +110,8 @@ static bool subset(const json_t *want, const json_t *got)
         return json_equal(want, got);
     if (!json_is_object(got))
         return false;
-    json_object_foreach((json_t *)want, k, v) {
+    json_object_foreach((json_t *)want, k, v)
+    {
         json_t *g = json_object_get(got, k);
         if (g == NULL)
             return false;
@@ -134,7 +135,7 @@ static bool match_list(const char *what, const json_t *want, const json_t *got,
     loyd_buf_printf(diff, "      %s (- expected, + actual):\n", what);
     for (size_t i = 0; i < (nw > ng ? nw : ng); i++) {
         const json_t *w = json_array_get(want, i), *g = json_array_get(got, i);
-        struct loyd_buf a = { 0 }, b = { 0 };
+        struct loyd_buf a = {0}, b = {0};
         if (w != NULL && g != NULL && subset(w, g)) {
             render(&b, g);
             loyd_buf_printf(diff, "        %s\n", b.data);
@@ -161,17 +162,19 @@ static bool match_subsequence(const char *what, const json_t *want, const json_t
     size_t j = 0, i;
     json_t *w;
 
-    json_array_foreach(want, i, w) {
+    json_array_foreach(want, i, w)
+    {
         while (j < json_array_size(got) && !subset(w, json_array_get(got, j)))
             j++;
         if (j == json_array_size(got)) {
-            struct loyd_buf a = { 0 };
+            struct loyd_buf a = {0};
             render(&a, w);
-            loyd_buf_printf(diff, "      %s: expected (in order) but missing:\n      - %s\n",
-                            what, a.data);
+            loyd_buf_printf(diff, "      %s: expected (in order) but missing:\n      - %s\n", what,
+                            a.data);
             loyd_buf_free(&a);
-            json_array_foreach(got, j, w) {
-                struct loyd_buf b = { 0 };
+            json_array_foreach(got, j, w)
+            {
+                struct loyd_buf b = {0};
                 render(&b, w);
                 loyd_buf_printf(diff, "      + %s\n", b.data);
                 loyd_buf_free(&b);
@@ -185,14 +188,15 @@ static bool match_subsequence(const char *what, const json_t *want, const json_t
 
 /* ---- building a case's state ------------------------------------------------------------- */
 
-static bool unknown_fields(const json_t *obj, const char *const *known, size_t n,
-                           const char *where, struct loyd_buf *err)
+static bool unknown_fields(const json_t *obj, const char *const *known, size_t n, const char *where,
+                           struct loyd_buf *err)
 {
     const char *k;
     json_t *v;
     bool bad = false;
 
-    json_object_foreach((json_t *)obj, k, v) {
+    json_object_foreach((json_t *)obj, k, v)
+    {
         bool ok = false;
         for (size_t i = 0; i < n; i++)
             ok = ok || strcmp(k, known[i]) == 0;
@@ -225,7 +229,8 @@ static int build_state(const json_t *m, int64_t now, int tz, json_t **rows_out,
 
     *rows_out = rows;
     *purchases_out = pur;
-    json_array_foreach(lots, i, l) {
+    json_array_foreach(lots, i, l)
+    {
         int64_t p = jint(l, "points"), exp = 0;
         const char *e = json_string_value(json_object_get(l, "expires"));
         if (p <= 0) {
@@ -234,16 +239,15 @@ static int build_state(const json_t *m, int64_t now, int tz, json_t **rows_out,
         }
         if (e != NULL) {
             if (loyd_date_parse(e, tz, &exp) != 0) {
-                loyd_buf_printf(err, "member.lots[%zu].expires: \"%s\" is not a date\n", i + 1,
-                                e);
+                loyd_buf_printf(err, "member.lots[%zu].expires: \"%s\" is not a date\n", i + 1, e);
                 return -EINVAL;
             }
             exp += LOYD_DAY_MS; /* points can be spent through that day */
         }
-        json_t *row = json_pack("{s:I, s:s, s:I, s:I, s:I, s:s}", "id", (json_int_t)++id, "kind",
-                                "award", "points", (json_int_t)p, "at",
-                                (json_int_t)(now - LOYD_DAY_MS), "expires_ms", (json_int_t)exp,
-                                "reason", "test: opening lot");
+        json_t *row =
+            json_pack("{s:I, s:s, s:I, s:I, s:I, s:s}", "id", (json_int_t)++id, "kind", "award",
+                      "points", (json_int_t)p, "at", (json_int_t)(now - LOYD_DAY_MS), "expires_ms",
+                      (json_int_t)exp, "reason", "test: opening lot");
         if (json_is_string(json_object_get(l, "ref")))
             json_object_set(row, "ref", json_object_get(l, "ref"));
         json_array_append_new(rows, row);
@@ -257,24 +261,25 @@ static int build_state(const json_t *m, int64_t now, int tz, json_t **rows_out,
             return -EINVAL;
         }
         if (b != sum && json_array_size(lots) > 0 && b > sum) {
-            json_array_append_new(rows, json_pack("{s:I, s:s, s:I, s:I, s:s}", "id",
-                                                  (json_int_t)++id, "kind", "adjust", "points",
-                                                  (json_int_t)(b - sum), "at",
-                                                  (json_int_t)(now - LOYD_DAY_MS), "reason",
-                                                  "test: opening balance"));
+            json_array_append_new(rows,
+                                  json_pack("{s:I, s:s, s:I, s:I, s:s}", "id", (json_int_t)++id,
+                                            "kind", "adjust", "points", (json_int_t)(b - sum), "at",
+                                            (json_int_t)(now - LOYD_DAY_MS), "reason",
+                                            "test: opening balance"));
         } else if (b != sum && json_array_size(lots) == 0 && b != 0) {
-            json_array_append_new(rows, json_pack("{s:I, s:s, s:I, s:I, s:s}", "id",
-                                                  (json_int_t)++id, "kind", "adjust", "points",
-                                                  (json_int_t)b, "at",
-                                                  (json_int_t)(now - LOYD_DAY_MS), "reason",
-                                                  "test: opening balance"));
+            json_array_append_new(rows,
+                                  json_pack("{s:I, s:s, s:I, s:I, s:s}", "id", (json_int_t)++id,
+                                            "kind", "adjust", "points", (json_int_t)b, "at",
+                                            (json_int_t)(now - LOYD_DAY_MS), "reason",
+                                            "test: opening balance"));
         } else if (b < sum) {
             loyd_buf_puts(err, "member.balance is below the sum of member.lots\n");
             return -EINVAL;
         }
     }
     json_t *hist = json_object_get(m, "history");
-    json_array_foreach(hist, i, l) {
+    json_array_foreach(hist, i, l)
+    {
         int64_t at = now - LOYD_DAY_MS;
         const char *d = json_string_value(json_object_get(l, "date"));
         if (d != NULL && loyd_date_parse(d, tz, &at) != 0) {
@@ -283,13 +288,14 @@ static int build_state(const json_t *m, int64_t now, int tz, json_t **rows_out,
         }
         if (d != NULL)
             at += NOON_MS;
-        json_t *p = json_pack("{s:I, s:I}", "amount", (json_int_t)jint(l, "amount"), "at",
-                              (json_int_t)at);
+        json_t *p =
+            json_pack("{s:I, s:I}", "amount", (json_int_t)jint(l, "amount"), "at", (json_int_t)at);
         char did[32];
         snprintf(did, sizeof(did), "h%zu", i + 1);
-        json_object_set_new(p, "deal_id", json_is_string(json_object_get(l, "deal_id"))
-                                              ? json_incref(json_object_get(l, "deal_id"))
-                                              : json_string(did));
+        json_object_set_new(p, "deal_id",
+                            json_is_string(json_object_get(l, "deal_id"))
+                                ? json_incref(json_object_get(l, "deal_id"))
+                                : json_string(did));
         json_array_append_new(pur, p);
     }
     /* A summary {d30, d365, total} becomes one synthetic purchase per window band. */
@@ -305,9 +311,9 @@ static int build_state(const json_t *m, int64_t now, int tz, json_t **rows_out,
             c365 = c30;
         if (ct < c365)
             ct = c365;
-        int64_t band_amount[3] = { s30, s365 - s30, st - s365 };
-        int64_t band_count[3] = { c30, c365 - c30, ct - c365 };
-        int64_t band_age[3] = { 1, 200, 400 };
+        int64_t band_amount[3] = {s30, s365 - s30, st - s365};
+        int64_t band_count[3] = {c30, c365 - c30, ct - c365};
+        int64_t band_age[3] = {1, 200, 400};
         for (int k = 0; k < 3; k++) {
             int64_t n = band_count[k];
             if (n == 0 && band_amount[k] > 0)
@@ -316,9 +322,9 @@ static int build_state(const json_t *m, int64_t now, int tz, json_t **rows_out,
                 int64_t amount = band_amount[k] / n + (j == 0 ? band_amount[k] % n : 0);
                 char did[32];
                 snprintf(did, sizeof(did), "s%d-%lld", k, (long long)j);
-                json_array_append_new(pur, json_pack("{s:s, s:I, s:I}", "deal_id", did, "amount",
-                                                     (json_int_t)amount, "at",
-                                                     (json_int_t)(now - band_age[k] * LOYD_DAY_MS)));
+                json_array_append_new(
+                    pur, json_pack("{s:s, s:I, s:I}", "deal_id", did, "amount", (json_int_t)amount,
+                                   "at", (json_int_t)(now - band_age[k] * LOYD_DAY_MS)));
             }
         }
     }
@@ -364,9 +370,9 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
         goto out;
     }
     now += NOON_MS;
-    struct loyd_buf e = { 0 };
-    if (loyd_pack_settings(rn->pack, json_object_get(tc, "settings"), "settings", &settings,
-                           &e) != 0) {
+    struct loyd_buf e = {0};
+    if (loyd_pack_settings(rn->pack, json_object_get(tc, "settings"), "settings", &settings, &e) !=
+        0) {
         loyd_buf_printf(diff, "      %s", e.data);
         loyd_buf_free(&e);
         goto out;
@@ -383,11 +389,12 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
         json_decref(m);
         goto out;
     }
-    member = json_pack("{s:s}", "id", json_is_string(json_object_get(m, "id"))
-                                          ? json_string_value(json_object_get(m, "id"))
-                                          : "1");
-    static const char *const copy[] = { "tier", "birthday", "referrer", "attributes",
-                                        "last_birthday_offer_year" };
+    member = json_pack("{s:s}", "id",
+                       json_is_string(json_object_get(m, "id"))
+                           ? json_string_value(json_object_get(m, "id"))
+                           : "1");
+    static const char *const copy[] = {"tier", "birthday", "referrer", "attributes",
+                                       "last_birthday_offer_year"};
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(copy); i++)
         if (json_object_get(m, copy[i]) != NULL)
             json_object_set(member, copy[i], json_object_get(m, copy[i]));
@@ -397,7 +404,8 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
     size_t i;
     json_t *evd;
     json_t *campaigns = json_object();
-    json_array_foreach(events, i, evd) {
+    json_array_foreach(events, i, evd)
+    {
         char ew[64];
         snprintf(ew, sizeof(ew), "events[%zu]", i + 1);
         if (unknown_fields(evd, event_fields, LOYD_ARRAY_SIZE(event_fields), ew, diff)) {
@@ -447,18 +455,18 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
         }
         size_t k;
         json_t *x;
-        json_array_foreach(json_object_get(res, "accepted"), k, x)
-            json_array_append(effects, x);
-        json_array_foreach(json_object_get(res, "rejected"), k, x) {
+        json_array_foreach(json_object_get(res, "accepted"), k, x) json_array_append(effects, x);
+        json_array_foreach(json_object_get(res, "rejected"), k, x)
+        {
             json_t *rj = json_deep_copy(json_object_get(x, "effect"));
             json_object_set(rj, "reason", json_object_get(x, "reason"));
             json_array_append_new(rejected, rj);
         }
-        json_array_foreach(json_object_get(res, "outbox"), k, x)
-            json_array_append(outbox, x);
+        json_array_foreach(json_object_get(res, "outbox"), k, x) json_array_append(outbox, x);
         /* Carry the state: rows of this member, member updates, purchases, campaigns. */
         const char *mid = json_string_value(json_object_get(member, "id"));
-        json_array_foreach(json_object_get(res, "ledger"), k, x) {
+        json_array_foreach(json_object_get(res, "ledger"), k, x)
+        {
             const char *rm = json_string_value(json_object_get(x, "member_id"));
             if (rm == NULL || strcmp(rm, mid) == 0)
                 json_array_append(rows, x);
@@ -470,7 +478,8 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
         }
         json_t *upd = json_object_get(res, "member");
         const char *uk;
-        json_object_foreach(upd, uk, x) {
+        json_object_foreach(upd, uk, x)
+        {
             if (strcmp(uk, "attributes") == 0) {
                 json_t *a = json_object_get(member, "attributes");
                 if (!json_is_object(a)) {
@@ -505,8 +514,8 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
     const char *want_err = json_string_value(json_object_get(expect, "error"));
     if (want_err != NULL) {
         bool found = false;
-        json_array_foreach(errors, i, evd)
-            found = found || strstr(json_string_value(evd), want_err) != NULL;
+        json_array_foreach(errors, i, evd) found =
+            found || strstr(json_string_value(evd), want_err) != NULL;
         if (!found) {
             loyd_buf_printf(diff, "      expected an error containing \"%s\", got %s\n", want_err,
                             json_array_size(errors) ? json_string_value(json_array_get(errors, 0))
@@ -526,7 +535,8 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
         /* "reason" matches as a substring. */
         json_t *want = json_deep_copy(w), *got = json_deep_copy(rejected);
         json_t *wi;
-        json_array_foreach(want, i, wi) {
+        json_array_foreach(want, i, wi)
+        {
             const char *wr = json_string_value(json_object_get(wi, "reason"));
             json_t *gi = json_array_get(got, i);
             const char *gr = json_string_value(json_object_get(gi, "reason"));
@@ -541,17 +551,15 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
     if ((w = json_object_get(expect, "outbox")) != NULL &&
         !match_subsequence("outbox", w, outbox, diff))
         ok = false;
-    if ((w = json_object_get(expect, "balance")) != NULL &&
-        json_integer_value(w) != balance) {
+    if ((w = json_object_get(expect, "balance")) != NULL && json_integer_value(w) != balance) {
         loyd_buf_printf(diff, "      balance: expected %lld, got %lld\n",
                         (long long)json_integer_value(w), (long long)balance);
         ok = false;
     }
     if ((w = json_object_get(expect, "tier")) != NULL &&
         !json_equal(w, json_object_get(member, "tier"))) {
-        struct loyd_buf b = { 0 };
-        render(&b, json_object_get(member, "tier") ? json_object_get(member, "tier")
-                                                   : json_null());
+        struct loyd_buf b = {0};
+        render(&b, json_object_get(member, "tier") ? json_object_get(member, "tier") : json_null());
         loyd_buf_printf(diff, "      tier: expected \"%s\", got %s\n", json_string_value(w),
                         b.data);
         loyd_buf_free(&b);
@@ -559,7 +567,7 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
     }
     if ((w = json_object_get(expect, "attributes")) != NULL &&
         !subset(w, json_object_get(member, "attributes"))) {
-        struct loyd_buf a = { 0 }, b = { 0 };
+        struct loyd_buf a = {0}, b = {0};
         render(&a, w);
         render(&b, json_object_get(member, "attributes") ? json_object_get(member, "attributes")
                                                          : json_object());
@@ -569,7 +577,8 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
         ok = false;
     }
     if (!ok && rn->o != NULL && rn->o->verbose) {
-        json_array_foreach(traces, i, evd) {
+        json_array_foreach(traces, i, evd)
+        {
             char *s = json_dumps(json_object_get(evd, "trace"), JSON_COMPACT | JSON_SORT_KEYS);
             loyd_buf_printf(diff, "      trace[%zu]: %s\n", i + 1, s != NULL ? s : "?");
             free(s);
@@ -593,7 +602,7 @@ static json_t *load_cases(struct loyd_rules *r, const struct loyd_pack_file *f,
                           struct loyd_buf *err)
 {
     struct loyd_sandbox *sb = loyd_rules_sandbox(r);
-    struct loyd_buf src = { 0 }, e = { 0 };
+    struct loyd_buf src = {0}, e = {0};
     json_t *cases = NULL, *log = NULL;
     char *mod = loyd_xasprintf("test:%s", f->module);
 
@@ -605,7 +614,7 @@ static json_t *load_cases(struct loyd_rules *r, const struct loyd_pack_file *f,
         loyd_buf_printf(err, "%s\n", e.data != NULL ? e.data : "cannot load");
         goto out;
     }
-    struct loyd_sandbox_call c = { .module = mod, .handler = "cases", .now_ms = 0 };
+    struct loyd_sandbox_call c = {.module = mod, .handler = "cases", .now_ms = 0};
     if (loyd_sandbox_call(sb, &c, &cases, &log, &e) != 0) {
         loyd_buf_printf(err, "%s\n", e.data != NULL ? e.data : "cannot evaluate");
         json_decref(cases);
@@ -638,8 +647,8 @@ static const char *search_path_or_env(const char *sp)
 int loyd_pack_test_run(const char *dir, const struct loyd_pack_test_opts *o, FILE *out)
 {
     struct loyd_pack *pack = NULL;
-    struct runner rn = { .o = o, .out = out };
-    struct loyd_buf err = { 0 };
+    struct runner rn = {.o = o, .out = out};
+    struct loyd_buf err = {0};
     int rc;
 
     if (loyd_pack_load(dir, search_path_or_env(o ? o->search_path : NULL), &pack, &err) != 0 ||
@@ -653,7 +662,7 @@ int loyd_pack_test_run(const char *dir, const struct loyd_pack_test_opts *o, FIL
     size_t load_errors = 0;
     for (size_t i = 0; i < pack->ntests; i++) {
         const struct loyd_pack_file *f = &pack->tests[i];
-        struct loyd_buf e = { 0 };
+        struct loyd_buf e = {0};
         json_t *cases = load_cases(rn.rules, f, &e);
         fprintf(out, "%s\n", f->path);
         if (cases == NULL) {
@@ -665,11 +674,12 @@ int loyd_pack_test_run(const char *dir, const struct loyd_pack_test_opts *o, FIL
         }
         size_t k;
         json_t *tc;
-        json_array_foreach(cases, k, tc) {
+        json_array_foreach(cases, k, tc)
+        {
             const char *name = json_string_value(json_object_get(tc, "name"));
             if (o != NULL && o->filter != NULL && (name == NULL || strstr(name, o->filter) == NULL))
                 continue;
-            struct loyd_buf diff = { 0 };
+            struct loyd_buf diff = {0};
             bool ok = run_case(&rn, f->path, k, tc, &diff);
             fprintf(out, "  %s %s\n", ok ? "ok  " : "FAIL", name != NULL ? name : "(unnamed)");
             if (!ok)
@@ -695,7 +705,7 @@ int loyd_pack_check_run(const char *dir, const char *search_path, FILE *out)
 {
     struct loyd_pack *pack = NULL;
     struct loyd_rules *rules = NULL;
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     json_t *settings = NULL;
     size_t problems = 0;
     int rc;
@@ -720,14 +730,14 @@ int loyd_pack_check_run(const char *dir, const char *search_path, FILE *out)
         fprintf(out, "%s/rules: no rule files\n", dir);
         problems++;
     }
-    struct loyd_buf lint = { 0 };
+    struct loyd_buf lint = {0};
     problems += loyd_rules_lint(rules, settings != NULL ? settings : pack->defaults, &lint);
     if (lint.data != NULL)
         fprintf(out, "%s", lint.data);
     loyd_buf_free(&lint);
     size_t ncases = 0;
     for (size_t i = 0; i < pack->ntests; i++) {
-        struct loyd_buf e = { 0 };
+        struct loyd_buf e = {0};
         json_t *cases = load_cases(rules, &pack->tests[i], &e);
         if (cases == NULL) {
             fprintf(out, "%s", e.data != NULL ? e.data : "cannot load a test file\n");

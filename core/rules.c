@@ -14,14 +14,14 @@
 #include "ledger.h"
 #include "log.h"
 
-#define MAX_EFFECTS 256      /* per event, all handlers together */
-#define MAX_TEXT 4096        /* note / task text */
+#define MAX_EFFECTS 256 /* per event, all handlers together */
+#define MAX_TEXT 4096   /* note / task text */
 #define MAX_REASON 256
 #define MAX_POINTS 1000000000LL
 
-const char *const loyd_rules_events[] = { "contact.created", "contact.updated", "deal.won",
-                                          "deal.reopened",   "deal.updated",    "birthday",
-                                          "tick",            NULL };
+const char *const loyd_rules_events[] = {
+    "contact.created", "contact.updated", "deal.won", "deal.reopened",
+    "deal.updated",    "birthday",        "tick",     NULL};
 
 /*
  * Trusted Lua run before the environment is frozen.  Constructors copy the caller's table and
@@ -32,7 +32,8 @@ static const char prelude_src[] =
     "local pairs, type, error = pairs, type, error\n"
     "local function ctor(kind, text_field)\n"
     "  return function(t)\n"
-    "    if text_field ~= nil and type(t) == 'string' then return { kind = kind, [text_field] = t } end\n"
+    "    if text_field ~= nil and type(t) == 'string' then return { kind = kind, [text_field] = t "
+    "} end\n"
     "    if type(t) ~= 'table' then error(kind .. '{...} expects a table of fields', 2) end\n"
     "    local e = {}\n"
     "    for k, v in pairs(t) do e[k] = v end\n"
@@ -49,10 +50,11 @@ static const char prelude_src[] =
     "task = ctor('task', 'title')\n"
     "set_field = ctor('set_field')\n"
     "function loyd.percent(amount, bp) return amount * bp // 10000 end\n"
-    "function loyd.is_leap(year) return (year % 4 == 0 and year % 100 ~= 0) or year % 400 == 0 end\n";
+    "function loyd.is_leap(year) return (year % 4 == 0 and year % 100 ~= 0) or year % 400 == 0 "
+    "end\n";
 
 struct handler {
-    size_t file;       /* index into pack->rules */
+    size_t file; /* index into pack->rules */
     char *event;
 };
 
@@ -109,7 +111,7 @@ int loyd_rules_create(const struct loyd_pack *pack, const struct loyd_sandbox_li
         goto fail;
     for (size_t i = 0; i < pack->nrules; i++) {
         const struct loyd_pack_file *f = &pack->rules[i];
-        struct loyd_buf e = { 0 };
+        struct loyd_buf e = {0};
         int frc = loyd_sandbox_load(r->sb, f->module, f->src, f->len, &e);
         if (frc != 0) {
             /* Keep going so `loyd check` reports every broken file at once. */
@@ -129,12 +131,13 @@ int loyd_rules_create(const struct loyd_pack *pack, const struct loyd_sandbox_li
             goto fail;
         size_t k;
         json_t *n;
-        json_array_foreach(names, k, n) {
+        json_array_foreach(names, k, n)
+        {
             if (!loyd_rules_event_known(json_string_value(n)))
                 continue;
             r->h = loyd_xrealloc(r->h, (r->nh + 1) * sizeof(*r->h));
-            r->h[r->nh++] = (struct handler){ .file = i,
-                                              .event = loyd_xstrdup(json_string_value(n)) };
+            r->h[r->nh++] =
+                (struct handler){.file = i, .event = loyd_xstrdup(json_string_value(n))};
         }
         json_decref(names);
     }
@@ -165,37 +168,36 @@ struct effect_spec {
 };
 
 static const struct effect_spec effect_specs[] = {
-    { "award",
-      { { "points", F_INT, true },
-        { "reason", F_STR, true },
-        { "expires_in_days", F_INT, false },
-        { "expires_at", F_DATEMS, false },
-        { "ref", F_REF, false },
-        { "campaign", F_STR, false },
-        { "member", F_REF, false } } },
-    { "redeem",
-      { { "points", F_INT, true },
-        { "reason", F_STR, true },
-        { "ref", F_REF, false },
-        { "cap", F_INT, false },
-        { "partial", F_BOOL, false } } },
-    { "reverse", { { "ref", F_REF, true }, { "reason", F_STR, false } } },
-    { "set_tier", { { "tier", F_STR, true }, { "reason", F_STR, false } } },
-    { "offer",
-      { { "code", F_STR, true },
-        { "discount_pct", F_INT, false },
-        { "discount_amount", F_INT, false },
-        { "valid_days", F_INT, true },
-        { "reason", F_STR, false },
-        { "birthday", F_BOOL, false } } },
-    { "note", { { "text", F_STR, true } } },
-    { "task",
-      { { "title", F_STR, true }, { "text", F_STR, false }, { "due_in_days", F_INT, false } } },
-    { "set_field", { { "name", F_STR, true }, { "value", F_ANY, true } } },
+    {"award",
+     {{"points", F_INT, true},
+      {"reason", F_STR, true},
+      {"expires_in_days", F_INT, false},
+      {"expires_at", F_DATEMS, false},
+      {"ref", F_REF, false},
+      {"campaign", F_STR, false},
+      {"member", F_REF, false}}},
+    {"redeem",
+     {{"points", F_INT, true},
+      {"reason", F_STR, true},
+      {"ref", F_REF, false},
+      {"cap", F_INT, false},
+      {"partial", F_BOOL, false}}},
+    {"reverse", {{"ref", F_REF, true}, {"reason", F_STR, false}}},
+    {"set_tier", {{"tier", F_STR, true}, {"reason", F_STR, false}}},
+    {"offer",
+     {{"code", F_STR, true},
+      {"discount_pct", F_INT, false},
+      {"discount_amount", F_INT, false},
+      {"valid_days", F_INT, true},
+      {"reason", F_STR, false},
+      {"birthday", F_BOOL, false}}},
+    {"note", {{"text", F_STR, true}}},
+    {"task", {{"title", F_STR, true}, {"text", F_STR, false}, {"due_in_days", F_INT, false}}},
+    {"set_field", {{"name", F_STR, true}, {"value", F_ANY, true}}},
 };
 
-static const char *const effect_kinds[] = { "award", "redeem", "reverse", "set_tier",
-                                            "offer", "note",   "task",    "set_field" };
+static const char *const effect_kinds[] = {"award", "redeem", "reverse", "set_tier",
+                                           "offer", "note",   "task",    "set_field"};
 
 static const struct effect_spec *find_spec(const char *kind)
 {
@@ -208,8 +210,8 @@ static const struct effect_spec *find_spec(const char *kind)
 static bool is_ident(const char *s, size_t max)
 {
     size_t n = strlen(s);
-    if (n == 0 || n > max || !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') ||
-                               s[0] == '_'))
+    if (n == 0 || n > max ||
+        !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') || s[0] == '_'))
         return false;
     for (size_t i = 1; i < n; i++)
         if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
@@ -221,8 +223,9 @@ static bool is_ident(const char *s, size_t max)
 int loyd_rules_check_effect(const json_t *e, struct loyd_buf *err)
 {
     if (!json_is_object(e)) {
-        loyd_buf_printf(err, "an effect must be a table made by award{...}, redeem{...}, ...; got "
-                             "%s",
+        loyd_buf_printf(err,
+                        "an effect must be a table made by award{...}, redeem{...}, ...; got "
+                        "%s",
                         json_is_array(e) ? "a list" : "a plain value");
         return -EINVAL;
     }
@@ -245,7 +248,8 @@ int loyd_rules_check_effect(const json_t *e, struct loyd_buf *err)
         names[nn++] = sp->f[i].name;
     const char *k;
     json_t *v;
-    json_object_foreach((json_t *)e, k, v) {
+    json_object_foreach((json_t *)e, k, v)
+    {
         if (strcmp(k, "kind") == 0)
             continue;
         const struct field_spec *fs = NULL;
@@ -266,8 +270,9 @@ int loyd_rules_check_effect(const json_t *e, struct loyd_buf *err)
             ok = json_is_integer(v);
             want = "an integer";
             if (json_is_real(v)) {
-                loyd_buf_printf(err, "%s: '%s' must be an integer, got %g (use // or "
-                                     "math.floor: points and money are whole numbers)",
+                loyd_buf_printf(err,
+                                "%s: '%s' must be an integer, got %g (use // or "
+                                "math.floor: points and money are whole numbers)",
                                 kind, k, json_real_value(v));
                 return -EINVAL;
             }
@@ -307,9 +312,8 @@ int loyd_rules_check_effect(const json_t *e, struct loyd_buf *err)
             return -EINVAL;
         }
     }
-    if (strcmp(kind, "offer") == 0 &&
-        (json_object_get(e, "discount_pct") == NULL) ==
-            (json_object_get(e, "discount_amount") == NULL)) {
+    if (strcmp(kind, "offer") == 0 && (json_object_get(e, "discount_pct") == NULL) ==
+                                          (json_object_get(e, "discount_amount") == NULL)) {
         loyd_buf_puts(err, "offer: give exactly one of 'discount_pct' and 'discount_amount'");
         return -EINVAL;
     }
@@ -340,9 +344,9 @@ static json_t *build_view(const json_t *member, const struct loyd_ledger *lg,
     json_object_set_new(v, "balance", json_integer(lg->balance));
     set_if(v, "tier", json_object_get(member, "tier"));
     json_object_set_new(v, "lots", loyd_ledger_lots_json(lg, now_ms, tz));
-    json_object_set_new(v, "spend", json_pack("{s:I, s:I, s:I}", "d30", (json_int_t)sp->d30,
-                                              "d365", (json_int_t)sp->d365, "total",
-                                              (json_int_t)sp->total));
+    json_object_set_new(v, "spend",
+                        json_pack("{s:I, s:I, s:I}", "d30", (json_int_t)sp->d30, "d365",
+                                  (json_int_t)sp->d365, "total", (json_int_t)sp->total));
     json_object_set_new(v, "purchases",
                         json_pack("{s:I, s:I, s:I}", "d30", (json_int_t)sp->n30, "d365",
                                   (json_int_t)sp->n365, "total", (json_int_t)sp->ntotal));
@@ -358,14 +362,14 @@ static json_t *build_view(const json_t *member, const struct loyd_ledger *lg,
     set_if(v, "referrer", json_object_get(member, "referrer"));
     set_if(v, "last_birthday_offer_year", json_object_get(member, "last_birthday_offer_year"));
     json_t *attrs = json_object_get(member, "attributes");
-    json_object_set_new(v, "attributes", json_is_object(attrs) ? json_deep_copy(attrs)
-                                                               : json_object());
+    json_object_set_new(v, "attributes",
+                        json_is_object(attrs) ? json_deep_copy(attrs) : json_object());
     return v;
 }
 
 static int check_member(const json_t *member, struct loyd_buf *err)
 {
-    static const char *const strs[] = { "id", "tier", "birthday", "referrer" };
+    static const char *const strs[] = {"id", "tier", "birthday", "referrer"};
 
     if (!json_is_object(member)) {
         loyd_buf_puts(err, "member must be an object");
@@ -423,11 +427,11 @@ struct eval {
     char today[11];
     const json_t *settings;
     bool allow_negative;
-    json_t *res;      /* the result object */
+    json_t *res; /* the result object */
     json_t *accepted, *rejected, *rows, *outbox, *notes, *member_upd, *campaigns;
-    char *tier;       /* current tier (owned), may be NULL */
+    char *tier; /* current tier (owned), may be NULL */
     bool tier_changed, fields_changed;
-    json_t *fields;   /* set_field values for the contact.fields write-back */
+    json_t *fields; /* set_field values for the contact.fields write-back */
     int64_t awarded_this_event;
     bool birthday_offer_done;
 };
@@ -462,7 +466,7 @@ static int64_t cap_allowance(struct eval *ev, const char **which, int64_t *used_
                              int64_t *limit_out)
 {
     int64_t best = INT64_MAX, from, to;
-    static const char *const names[] = { "award_per_event", "award_per_day", "award_per_month" };
+    static const char *const names[] = {"award_per_event", "award_per_day", "award_per_month"};
 
     *which = NULL;
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(names); i++) {
@@ -554,8 +558,9 @@ static int apply_award(struct eval *ev, json_t *e, const char *file, struct loyd
     if (target != NULL) {
         const char *referrer = json_string_value(json_object_get(ev->in->member, "referrer"));
         if (referrer == NULL || strcmp(referrer, target) != 0) {
-            loyd_buf_printf(why, "award: points may go to another member only when it is this "
-                                 "member's referrer (member '%s')",
+            loyd_buf_printf(why,
+                            "award: points may go to another member only when it is this "
+                            "member's referrer (member '%s')",
                             target);
             goto out;
         }
@@ -597,10 +602,10 @@ static int apply_award(struct eval *ev, json_t *e, const char *file, struct loyd
     }
     const char *reason = str_field(e, "reason");
     if (target != NULL) {
-        json_t *row = json_pack("{s:s, s:s, s:I, s:I, s:s, s:I, s:I}", "member_id", target,
-                                "kind", "award", "points", (json_int_t)points, "at",
-                                (json_int_t)ev->at, "reason", reason, "expires_ms",
-                                (json_int_t)expires, "lot_id", (json_int_t)0);
+        json_t *row =
+            json_pack("{s:s, s:s, s:I, s:I, s:s, s:I, s:I}", "member_id", target, "kind", "award",
+                      "points", (json_int_t)points, "at", (json_int_t)ev->at, "reason", reason,
+                      "expires_ms", (json_int_t)expires, "lot_id", (json_int_t)0);
         if (ref != NULL)
             json_object_set_new(row, "ref", json_string(ref));
         if (campaign != NULL)
@@ -663,8 +668,7 @@ static int apply_redeem(struct eval *ev, json_t *e, struct loyd_buf *why)
         int64_t open = 0;
         size_t i;
         json_t *l;
-        json_array_foreach(lots, i, l)
-            open += json_integer_value(json_object_get(l, "points"));
+        json_array_foreach(lots, i, l) open += json_integer_value(json_object_get(l, "points"));
         json_decref(lots);
         if (open < avail)
             avail = open;
@@ -706,8 +710,9 @@ static int apply_reverse(struct eval *ev, json_t *e, const char *file, struct lo
         json_object_set_new(e, "returned", json_integer(rv.returned));
         json_object_set_new(e, "shortfall", json_integer(rv.shortfall));
         if (rv.shortfall > 0)
-            note(ev, "%s: reversal of '%s': %lld points were already spent and are not taken "
-                     "back (allow_negative_balance is off)",
+            note(ev,
+                 "%s: reversal of '%s': %lld points were already spent and are not taken "
+                 "back (allow_negative_balance is off)",
                  file, ref, (long long)rv.shortfall);
     }
     free(ref);
@@ -725,7 +730,8 @@ static bool tier_known(struct eval *ev, const char *tier, const char **hint)
         return true;
     const char **c = loyd_xcalloc(n, sizeof(*c));
     bool found = false;
-    json_array_foreach(tiers, i, t) {
+    json_array_foreach(tiers, i, t)
+    {
         c[i] = json_is_string(t) ? json_string_value(t) : "";
         found = found || strcmp(c[i], tier) == 0;
     }
@@ -771,7 +777,8 @@ static int apply_effect(struct eval *ev, json_t *e, const char *file, struct loy
     if (strcmp(kind, "offer") == 0) {
         const char *code = str_field(e, "code");
         int64_t days = json_integer_value(json_object_get(e, "valid_days"));
-        json_t *pct = json_object_get(e, "discount_pct"), *amt = json_object_get(e, "discount_amount");
+        json_t *pct = json_object_get(e, "discount_pct"),
+               *amt = json_object_get(e, "discount_amount");
         if (!is_ident(code, 64)) {
             loyd_buf_printf(why, "offer: code '%s' must be 1..64 letters, digits, _ or -", code);
             return -EINVAL;
@@ -813,8 +820,8 @@ static int apply_effect(struct eval *ev, json_t *e, const char *file, struct loy
         return 0;
     }
     if (strcmp(kind, "note") == 0) {
-        json_array_append_new(ev->outbox, json_pack("{s:s, s:O}", "op", "note", "text",
-                                                    json_object_get(e, "text")));
+        json_array_append_new(
+            ev->outbox, json_pack("{s:s, s:O}", "op", "note", "text", json_object_get(e, "text")));
         return 0;
     }
     if (strcmp(kind, "task") == 0) {
@@ -882,8 +889,9 @@ static int check_input(const struct loyd_rules_input *in, struct loyd_buf *err)
         }
         json_t *amount = json_object_get(deal, "amount");
         if (amount != NULL && (!json_is_integer(amount) || json_integer_value(amount) < 0)) {
-            loyd_buf_printf(err, "%s: event.deal.amount must be a non-negative integer (minor "
-                                 "units)",
+            loyd_buf_printf(err,
+                            "%s: event.deal.amount must be a non-negative integer (minor "
+                            "units)",
                             type);
             return -EINVAL;
         }
@@ -926,8 +934,8 @@ static const char *type_name(const json_t *v)
 
 int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, json_t **result)
 {
-    struct eval ev = { .r = r, .in = in };
-    struct loyd_buf err = { 0 };
+    struct eval ev = {.r = r, .in = in};
+    struct loyd_buf err = {0};
     json_t *proposed = json_array(), *handlers = json_array(), *view = NULL;
     json_t *args[3], *own_settings = NULL;
     int rc = 0;
@@ -961,8 +969,7 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
     json_object_set_new(ev.res, "event",
                         json_pack("{s:s, s:I}", "type", type, "at", (json_int_t)ev.at));
     if (str_field(in->event, "key") != NULL)
-        json_object_set(json_object_get(ev.res, "event"), "key",
-                        json_object_get(in->event, "key"));
+        json_object_set(json_object_get(ev.res, "event"), "key", json_object_get(in->event, "key"));
     json_object_set_new(ev.res, "member_id", json_string(mid));
 
     if ((rc = loyd_ledger_init(&ev.lg, mid, in->ledger, &err)) != 0)
@@ -997,20 +1004,20 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
             .seed = in->seed ^ (uint64_t)i,
         };
         json_t *res = NULL, *log = NULL;
-        struct loyd_buf cerr = { 0 };
+        struct loyd_buf cerr = {0};
         int crc = loyd_sandbox_call(r->sb, &c, &res, &log, &cerr);
         json_t *h = json_pack("{s:s, s:s}", "file", f->path, "event", type);
         json_object_set_new(h, "log", log != NULL ? log : json_array());
         json_array_append_new(handlers, h);
         if (crc == 0 && !is_effect_list(res)) {
-            loyd_buf_printf(&cerr, "%s: handler '%s' returned %s; it must return a list of "
-                                   "effects or nil",
+            loyd_buf_printf(&cerr,
+                            "%s: handler '%s' returned %s; it must return a list of "
+                            "effects or nil",
                             f->path, type, type_name(res));
             crc = LOYD_EEFFECT;
         }
         if (crc == 0 && json_array_size(proposed) + json_array_size(res) > MAX_EFFECTS) {
-            loyd_buf_printf(&cerr, "%s: more than %d effects for one event", f->path,
-                            MAX_EFFECTS);
+            loyd_buf_printf(&cerr, "%s: more than %d effects for one event", f->path, MAX_EFFECTS);
             crc = LOYD_EEFFECT;
         }
         if (crc != 0) {
@@ -1028,19 +1035,20 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
         size_t k;
         json_t *e;
         json_object_set_new(h, "effects", json_integer((json_int_t)json_array_size(res)));
-        json_array_foreach(res, k, e) {
-            json_array_append_new(proposed, json_pack("{s:O, s:s}", "effect", e, "file",
-                                                      f->path));
+        json_array_foreach(res, k, e)
+        {
+            json_array_append_new(proposed, json_pack("{s:O, s:s}", "effect", e, "file", f->path));
         }
         json_decref(res);
     }
 
     size_t k;
     json_t *p;
-    json_array_foreach(proposed, k, p) {
+    json_array_foreach(proposed, k, p)
+    {
         json_t *e = json_deep_copy(json_object_get(p, "effect"));
         const char *file = str_field(p, "file");
-        struct loyd_buf why = { 0 };
+        struct loyd_buf why = {0};
         int erc = loyd_rules_check_effect(e, &why);
         if (erc == 0)
             erc = apply_effect(&ev, e, file, &why);
@@ -1064,8 +1072,9 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
             json_object_set(pu, "currency", json_object_get(deal, "currency"));
         json_object_set_new(ev.res, "purchase", pu);
     } else if (strcmp(type, "deal.reopened") == 0) {
-        json_object_set_new(ev.res, "purchase", json_pack("{s:s, s:O}", "op", "remove",
-                                                          "deal_id", json_object_get(deal, "id")));
+        json_object_set_new(
+            ev.res, "purchase",
+            json_pack("{s:s, s:O}", "op", "remove", "deal_id", json_object_get(deal, "id")));
     }
     if (ev.lg.balance != balance_before || ev.tier_changed || ev.fields_changed) {
         json_t *fields = json_deep_copy(ev.fields);
@@ -1073,8 +1082,8 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
         if (ev.tier != NULL)
             json_object_set_new(fields, "tier", json_string(ev.tier));
         /* The card shows the balance and tier first: put the write-back first. */
-        json_array_insert_new(ev.outbox, 0, json_pack("{s:s, s:o}", "op", "contact.fields",
-                                                      "fields", fields));
+        json_array_insert_new(ev.outbox, 0,
+                              json_pack("{s:s, s:o}", "op", "contact.fields", "fields", fields));
     }
     json_object_set_new(ev.res, "ok", json_true());
     json_object_set(ev.res, "accepted", ev.accepted);
@@ -1086,8 +1095,9 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
     json_object_set_new(ev.res, "balance", json_integer(ev.lg.balance));
     if (ev.tier != NULL)
         json_object_set_new(ev.res, "tier", json_string(ev.tier));
-    json_object_set_new(ev.res, "trace", json_pack("{s:O, s:O, s:O}", "handlers", handlers,
-                                                   "proposed", proposed, "notes", ev.notes));
+    json_object_set_new(ev.res, "trace",
+                        json_pack("{s:O, s:O, s:O}", "handlers", handlers, "proposed", proposed,
+                                  "notes", ev.notes));
     rc = 0;
     goto done;
 
@@ -1100,8 +1110,9 @@ fail:
     json_object_set_new(ev.res, "ledger", json_array());
     json_object_set_new(ev.res, "outbox", json_array());
     json_object_set_new(ev.res, "member", json_object());
-    json_object_set_new(ev.res, "trace", json_pack("{s:O, s:O, s:O}", "handlers", handlers,
-                                                   "proposed", proposed, "notes", ev.notes));
+    json_object_set_new(ev.res, "trace",
+                        json_pack("{s:O, s:O, s:O}", "handlers", handlers, "proposed", proposed,
+                                  "notes", ev.notes));
 done:
     json_decref(own_settings);
     loyd_buf_free(&err);
@@ -1127,11 +1138,11 @@ done:
 /* Synthetic inputs for one dry call per handler. */
 static json_t *sample_event(const char *type, int64_t at)
 {
-    json_t *ev = json_pack("{s:s, s:s, s:I}", "type", type, "key", "check:sample", "at",
-                           (json_int_t)at);
-    json_t *contact = json_pack("{s:s, s:s, s:s, s:s, s:{s:b}}", "id", "1", "name", "Sample",
-                                "phone", "+10000000000", "birthday", "1990-05-17", "attributes",
-                                "review_left", 1);
+    json_t *ev =
+        json_pack("{s:s, s:s, s:I}", "type", type, "key", "check:sample", "at", (json_int_t)at);
+    json_t *contact =
+        json_pack("{s:s, s:s, s:s, s:s, s:{s:b}}", "id", "1", "name", "Sample", "phone",
+                  "+10000000000", "birthday", "1990-05-17", "attributes", "review_left", 1);
     json_object_set_new(ev, "contact", contact);
     if (strncmp(type, "deal.", 5) == 0)
         json_object_set_new(ev, "deal",
@@ -1145,8 +1156,8 @@ static json_t *sample_member(const json_t *settings, int64_t at)
 {
     json_t *tiers = json_object_get(settings, "tiers");
     const char *tier = json_string_value(json_array_get(tiers, 0));
-    json_t *m = json_pack("{s:s, s:s, s:s, s:{}}", "id", "1", "birthday", "1990-05-17",
-                          "referrer", "2", "attributes");
+    json_t *m = json_pack("{s:s, s:s, s:s, s:{}}", "id", "1", "birthday", "1990-05-17", "referrer",
+                          "2", "attributes");
     if (tier != NULL)
         json_object_set_new(m, "tier", json_string(tier));
     (void)at;
@@ -1164,7 +1175,7 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
         const struct loyd_pack_file *f = &pack->rules[i];
         /* Describe every key of the file's table, functions or not, through a wrapper module
          * that keeps line numbers (nothing is added before the first line's text). */
-        struct loyd_buf src = { 0 }, e = { 0 };
+        struct loyd_buf src = {0}, e = {0};
         loyd_buf_puts(&src, "local __loyd_m = (function(...) ");
         loyd_buf_append(&src, f->src, f->len);
         loyd_buf_puts(&src, "\nend)(...)\n"
@@ -1179,7 +1190,7 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
         char *mod = loyd_xasprintf("lint:%s", f->module);
         json_t *keys = NULL;
         if (loyd_sandbox_load(r->sb, mod, src.data, src.len, &e) == 0) {
-            struct loyd_sandbox_call c = { .module = mod, .handler = "describe", .now_ms = at };
+            struct loyd_sandbox_call c = {.module = mod, .handler = "describe", .now_ms = at};
             json_t *log = NULL;
             if (loyd_sandbox_call(r->sb, &c, &keys, &log, NULL) != 0) {
                 json_decref(keys);
@@ -1192,7 +1203,8 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
         loyd_buf_free(&e);
         size_t k;
         json_t *d;
-        json_array_foreach(keys, k, d) {
+        json_array_foreach(keys, k, d)
+        {
             const char *key = str_field(d, "key"), *t = str_field(d, "type");
             int line = loyd_pack_line_of(f->src, key);
             if (!loyd_rules_event_known(key)) {
@@ -1206,8 +1218,8 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
                 loyd_buf_puts(out, "\n");
                 problems++;
             } else if (strcmp(t, "function") != 0) {
-                loyd_buf_printf(out, "%s:%d: handler '%s' is a %s, not a function\n", f->path,
-                                line, key, t);
+                loyd_buf_printf(out, "%s:%d: handler '%s' is a %s, not a function\n", f->path, line,
+                                key, t);
                 problems++;
             }
         }
@@ -1216,14 +1228,14 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
 
     /* One dry call per handler: the result must be nil or a list of well-formed effects. */
     json_t *member = sample_member(settings, at);
-    json_t *ledger = json_pack("[{s:I, s:s, s:I, s:I, s:I, s:s}]", "id", (json_int_t)1, "kind",
-                               "award", "points", (json_int_t)1000, "at",
-                               (json_int_t)(at - 10 * LOYD_DAY_MS), "expires_ms",
-                               (json_int_t)(at + 20 * LOYD_DAY_MS), "reason", "sample");
-    json_t *purchases = json_pack("[{s:s, s:I, s:I}]", "deal_id", "99", "amount",
-                                  (json_int_t)50000, "at", (json_int_t)(at - 40 * LOYD_DAY_MS));
+    json_t *ledger =
+        json_pack("[{s:I, s:s, s:I, s:I, s:I, s:s}]", "id", (json_int_t)1, "kind", "award",
+                  "points", (json_int_t)1000, "at", (json_int_t)(at - 10 * LOYD_DAY_MS),
+                  "expires_ms", (json_int_t)(at + 20 * LOYD_DAY_MS), "reason", "sample");
+    json_t *purchases = json_pack("[{s:s, s:I, s:I}]", "deal_id", "99", "amount", (json_int_t)50000,
+                                  "at", (json_int_t)(at - 40 * LOYD_DAY_MS));
     json_t *view = NULL;
-    struct loyd_buf verr = { 0 };
+    struct loyd_buf verr = {0};
     if (loyd_rules_member_view(member, ledger, purchases, at, 0, &view, &verr) != 0)
         view = json_object();
     loyd_buf_free(&verr);
@@ -1231,11 +1243,11 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
         const struct loyd_pack_file *f = &pack->rules[r->h[i].file];
         const char *type = r->h[i].event;
         json_t *ev = sample_event(type, at);
-        json_t *args[3] = { ev, view, (json_t *)settings };
-        struct loyd_sandbox_call c = { .module = f->module, .handler = type, .args = args,
-                                       .nargs = 3, .now_ms = at };
+        json_t *args[3] = {ev, view, (json_t *)settings};
+        struct loyd_sandbox_call c = {
+            .module = f->module, .handler = type, .args = args, .nargs = 3, .now_ms = at};
         json_t *res = NULL, *log = NULL;
-        struct loyd_buf cerr = { 0 };
+        struct loyd_buf cerr = {0};
         int line = loyd_pack_line_of(f->src, type);
         int crc = loyd_sandbox_call(r->sb, &c, &res, &log, &cerr);
         if (crc != 0) {
@@ -1243,15 +1255,17 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
                             line, type, type, cerr.data != NULL ? cerr.data : loyd_strerror(crc));
             problems++;
         } else if (!is_effect_list(res)) {
-            loyd_buf_printf(out, "%s:%d: handler '%s' returned %s; it must return a list of "
-                                 "effects or nil\n",
+            loyd_buf_printf(out,
+                            "%s:%d: handler '%s' returned %s; it must return a list of "
+                            "effects or nil\n",
                             f->path, line, type, type_name(res));
             problems++;
         } else {
             size_t k;
             json_t *e;
-            json_array_foreach(res, k, e) {
-                struct loyd_buf why = { 0 };
+            json_array_foreach(res, k, e)
+            {
+                struct loyd_buf why = {0};
                 if (loyd_rules_check_effect(e, &why) != 0) {
                     loyd_buf_printf(out, "%s:%d: handler '%s', effect %zu: %s\n", f->path, line,
                                     type, k + 1, why.data);

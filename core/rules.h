@@ -63,9 +63,9 @@ struct loyd_rules_input {
     const json_t *purchases; /* [{deal_id, amount, at}] (borrowed; NULL = none) */
     const json_t *settings;  /* effective settings from loyd_pack_settings (borrowed) */
     const json_t *campaign_totals; /* {campaign: points so far, tenant-wide}; NULL = none */
-    int tz_offset_min;       /* the tenant's offset from UTC, for dates and calendar caps */
-    uint64_t seed;           /* math.random seed for this evaluation */
-    bool dry_run;            /* only marks the result: evaluation never writes */
+    int tz_offset_min;             /* the tenant's offset from UTC, for dates and calendar caps */
+    uint64_t seed;                 /* math.random seed for this evaluation */
+    bool dry_run;                  /* only marks the result: evaluation never writes */
 };
 
 /**
@@ -95,8 +95,7 @@ LOYD_MUST_CHECK int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rule
  */
 LOYD_MUST_CHECK int loyd_rules_member_view(const json_t *member, const json_t *ledger,
                                            const json_t *purchases, int64_t now_ms,
-                                           int tz_offset_min, json_t **out,
-                                           struct loyd_buf *err);
+                                           int tz_offset_min, json_t **out, struct loyd_buf *err);
 
 /**
  * Checks one effect's shape (kind, required fields, types, unknown fields with the nearest

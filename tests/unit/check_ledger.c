@@ -36,7 +36,8 @@ START_TEST(test_redeem_fifo_by_expiry)
 {
     json_t *out = json_array();
     /* Lot 1 expires later than lot 2; lot 3 never expires. */
-    ck_assert_int_eq(loyd_ledger_award(&lg, 500, "a", "d1", NULL, T0 + 100 * DAY, T0, out, &err), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 500, "a", "d1", NULL, T0 + 100 * DAY, T0, out, &err),
+                     0);
     ck_assert_int_eq(loyd_ledger_award(&lg, 500, "b", "d2", NULL, T0 + 50 * DAY, T0, out, &err), 0);
     ck_assert_int_eq(loyd_ledger_award(&lg, 500, "c", "d3", NULL, 0, T0, out, &err), 0);
     json_array_clear(out);
@@ -52,7 +53,8 @@ START_TEST(test_redeem_fifo_by_expiry)
     ck_assert_int_eq(remaining(3), 500);
     ck_assert_int_eq(lg.balance, 800);
     /* Equal expiry: lowest id first. */
-    ck_assert_int_eq(loyd_ledger_award(&lg, 10, "e", NULL, NULL, T0 + 100 * DAY, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 10, "e", NULL, NULL, T0 + 100 * DAY, T0, NULL, &err),
+                     0);
     json_array_clear(out);
     ck_assert_int_eq(loyd_ledger_redeem(&lg, 305, "pay", NULL, false, T0, out, &err), 0);
     ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(out, 0), "lot_id")), 1);
@@ -132,7 +134,8 @@ START_TEST(test_reverse_returns_redemption)
 {
     struct loyd_reversal rv;
 
-    ck_assert_int_eq(loyd_ledger_award(&lg, 5000, "old", NULL, NULL, T0 + 30 * DAY, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 5000, "old", NULL, NULL, T0 + 30 * DAY, T0, NULL, &err),
+                     0);
     ck_assert_int_eq(loyd_ledger_redeem(&lg, 3000, "pay", "761", false, T0, NULL, &err), 0);
     ck_assert_int_eq(loyd_ledger_award(&lg, 210, "cashback", "761", NULL, 0, T0, NULL, &err), 0);
     ck_assert_int_eq(loyd_ledger_reverse(&lg, "761", "reopened", false, T0, NULL, &rv, &err), 0);
@@ -185,14 +188,15 @@ START_TEST(test_windows_and_campaigns)
     struct loyd_reversal rv;
     ck_assert_int_eq(loyd_ledger_reverse(&lg, "d", "x", false, T0, NULL, &rv, &err), 0);
     json_t *tot = loyd_ledger_campaign_totals(lg.rows);
-    ck_assert_int_eq(json_integer_value(json_object_get(tot, "bf")), 100); /* reversal returns budget */
+    ck_assert_int_eq(json_integer_value(json_object_get(tot, "bf")),
+                     100); /* reversal returns budget */
     json_decref(tot);
 
-    json_t *pur = json_pack("[{s:s,s:I,s:I},{s:s,s:I,s:I},{s:s,s:I,s:I}]", "deal_id", "1",
-                            "amount", (json_int_t)1000, "at", (json_int_t)(T0 - 10 * DAY),
-                            "deal_id", "2", "amount", (json_int_t)2000, "at",
-                            (json_int_t)(T0 - 100 * DAY), "deal_id", "3", "amount",
-                            (json_int_t)4000, "at", (json_int_t)(T0 - 400 * DAY));
+    json_t *pur =
+        json_pack("[{s:s,s:I,s:I},{s:s,s:I,s:I},{s:s,s:I,s:I}]", "deal_id", "1", "amount",
+                  (json_int_t)1000, "at", (json_int_t)(T0 - 10 * DAY), "deal_id", "2", "amount",
+                  (json_int_t)2000, "at", (json_int_t)(T0 - 100 * DAY), "deal_id", "3", "amount",
+                  (json_int_t)4000, "at", (json_int_t)(T0 - 400 * DAY));
     struct loyd_spend sp;
     ck_assert_int_eq(loyd_ledger_spend(pur, T0, &sp, &err), 0);
     ck_assert_int_eq(sp.d30, 1000);
@@ -212,14 +216,14 @@ START_TEST(test_rows_validated)
 {
     struct loyd_ledger bad;
     static const char *const cases[][2] = {
-        { "[{\"id\":1,\"kind\":\"gift\",\"points\":5}]", "field 'kind'" },
-        { "[{\"id\":1,\"kind\":\"award\",\"points\":1.5}]", "field 'points'" },
-        { "[{\"id\":1,\"kind\":\"award\",\"points\":-5}]", "an award must be positive" },
-        { "[{\"id\":1,\"kind\":\"redeem\",\"points\":-5,\"lot_id\":9}]", "names no earlier lot" },
-        { "[{\"id\":1,\"kind\":\"award\",\"points\":5},{\"id\":1,\"kind\":\"award\",\"points\":5}]",
-          "duplicates" },
-        { "[{\"id\":1,\"kind\":\"award\",\"points\":5,\"member_id\":\"m2\"}]", "another member" },
-        { "[{\"kind\":\"award\",\"points\":5}]", "field 'id'" },
+        {"[{\"id\":1,\"kind\":\"gift\",\"points\":5}]", "field 'kind'"},
+        {"[{\"id\":1,\"kind\":\"award\",\"points\":1.5}]", "field 'points'"},
+        {"[{\"id\":1,\"kind\":\"award\",\"points\":-5}]", "an award must be positive"},
+        {"[{\"id\":1,\"kind\":\"redeem\",\"points\":-5,\"lot_id\":9}]", "names no earlier lot"},
+        {"[{\"id\":1,\"kind\":\"award\",\"points\":5},{\"id\":1,\"kind\":\"award\",\"points\":5}]",
+         "duplicates"},
+        {"[{\"id\":1,\"kind\":\"award\",\"points\":5,\"member_id\":\"m2\"}]", "another member"},
+        {"[{\"kind\":\"award\",\"points\":5}]", "field 'id'"},
     };
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(cases); i++) {
         json_t *rows = json_loads(cases[i][0], 0, NULL);

@@ -25,7 +25,7 @@ static struct loyd_pack *load(const char *rel, struct loyd_buf *err, int want_rc
 
 START_TEST(test_retail_loads)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     struct loyd_pack *p = load("rules/retail", &err, 0);
     ck_assert_str_eq(p->name, "retail");
     ck_assert_uint_eq(p->nrules, 8);
@@ -42,7 +42,7 @@ END_TEST
 
 START_TEST(test_extends_merges)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     struct loyd_pack *p = load("tests/data/packs/child", &err, 0);
     ck_assert_str_eq(p->name, "child");
     ck_assert_uint_eq(p->nrules, 9);
@@ -63,7 +63,7 @@ END_TEST
 
 START_TEST(test_overrides_validated)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     struct loyd_pack *p = load("rules/retail", &err, 0);
     json_t *eff = NULL;
     json_t *ov = json_loads("{\"cashbak_bp\": {\"gold\": 900}, \"welcome_points\": \"lots\","
@@ -103,7 +103,7 @@ END_TEST
 
 START_TEST(test_bad_conf_reports_everything)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     struct loyd_pack *p = load("tests/data/packs/badconf", &err, LOYD_ECONFIG);
     ck_assert_ptr_null(p);
     ck_assert_ptr_nonnull(strstr(err.data, "pack.conf:4: unknown key 'extend' (did you mean "
@@ -120,7 +120,7 @@ END_TEST
 
 START_TEST(test_extends_loop_and_missing)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     ck_assert_ptr_null(load("tests/data/packs/loop_a", &err, LOYD_ECONFIG));
     ck_assert_ptr_nonnull(strstr(err.data, "extends chain loops back"));
     loyd_buf_reset(&err);
@@ -132,28 +132,29 @@ END_TEST
 START_TEST(test_data_loader)
 {
     static const char *const cases[][2] = {
-        { "return { x = os.exit() }", "global 'os'" },
-        { "return { f = function() end }", "a function is not data" },
-        { "while true do end", "too much computation" },
-        { "return { p = 1.5 }", "$.p: 1.5 is not an integer" },
-        { "return { [1] = 1, x = 2 }", "must be a list" },
-        { "return { s = ('x'):rep(10) }", "attempt to index" },
-        { "return {", "t.conf:1:" },
-        { "\x1bLua", "t.conf" },
+        {"return { x = os.exit() }", "global 'os'"},
+        {"return { f = function() end }", "a function is not data"},
+        {"while true do end", "too much computation"},
+        {"return { p = 1.5 }", "$.p: 1.5 is not an integer"},
+        {"return { [1] = 1, x = 2 }", "must be a list"},
+        {"return { s = ('x'):rep(10) }", "attempt to index"},
+        {"return {", "t.conf:1:"},
+        {"\x1bLua", "t.conf"},
     };
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(cases); i++) {
-        struct loyd_buf err = { 0 };
+        struct loyd_buf err = {0};
         json_t *out = NULL;
-        ck_assert_int_eq(loyd_pack_load_data("t.conf", cases[i][0], strlen(cases[i][0]), &out,
-                                             &err),
-                         LOYD_ECONFIG);
-        ck_assert_msg(err.data != NULL && strstr(err.data, cases[i][1]) != NULL, "case %zu: %s",
-                      i, err.data ? err.data : "(none)");
+        ck_assert_int_eq(
+            loyd_pack_load_data("t.conf", cases[i][0], strlen(cases[i][0]), &out, &err),
+            LOYD_ECONFIG);
+        ck_assert_msg(err.data != NULL && strstr(err.data, cases[i][1]) != NULL, "case %zu: %s", i,
+                      err.data ? err.data : "(none)");
         loyd_buf_free(&err);
     }
     json_t *out = NULL;
-    struct loyd_buf err = { 0 };
-    const char *ok = "local k = 1000\nreturn { a = { 1, 2, 3 }, b = 2 * k, c = 'x' .. 'y', d = {} }";
+    struct loyd_buf err = {0};
+    const char *ok =
+        "local k = 1000\nreturn { a = { 1, 2, 3 }, b = 2 * k, c = 'x' .. 'y', d = {} }";
     ck_assert_int_eq(loyd_pack_load_data("t.conf", ok, strlen(ok), &out, &err), 0);
     ck_assert_int_eq(json_array_size(json_object_get(out, "a")), 3);
     ck_assert_int_eq(json_integer_value(json_object_get(out, "b")), 2000);
@@ -165,7 +166,7 @@ END_TEST
 
 START_TEST(test_suggest)
 {
-    static const char *const c[] = { "deal.won", "deal.reopened", "tick" };
+    static const char *const c[] = {"deal.won", "deal.reopened", "tick"};
     ck_assert_str_eq(loyd_suggest("deal.wonn", c, 3), "deal.won");
     ck_assert_str_eq(loyd_suggest("deal.rewon", c, 3), "deal.won");
     ck_assert_str_eq(loyd_suggest("tikc", c, 3), "tick");

@@ -43,7 +43,7 @@ static const char *conf =
 /* A pack whose deal.won handler returns what `body` builds (Lua expression of effects). */
 static void make_pack(const char *rules_a, const char *rules_b)
 {
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     strcpy(tmpdir, "/tmp/loyd-rules-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
     write_file("pack.conf", conf);
@@ -51,7 +51,7 @@ static void make_pack(const char *rules_a, const char *rules_b)
     if (rules_b != NULL)
         write_file("rules/b.lua", rules_b);
     ck_assert_int_eq(loyd_pack_load(tmpdir, NULL, &pack, &err), 0);
-    struct loyd_sandbox_limits lim = { .instructions = 200000, .wall_ms = 2000 };
+    struct loyd_sandbox_limits lim = {.instructions = 200000, .wall_ms = 2000};
     int rc = loyd_rules_create(pack, &lim, &rules, &err);
     ck_assert_msg(rc == 0, "%s", err.data ? err.data : "");
     loyd_buf_free(&err);
@@ -76,11 +76,11 @@ static json_t *eval_json(const char *event, const char *member, const char *ledg
     json_t *ev = json_loads(event, 0, NULL), *m = json_loads(member, 0, NULL);
     json_t *lg = ledger ? json_loads(ledger, 0, NULL) : NULL;
     json_t *st = json_loads(settings ? settings : "{}", 0, NULL), *eff = NULL;
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     ck_assert_ptr_nonnull(ev);
     ck_assert_ptr_nonnull(m);
     ck_assert_int_eq(loyd_pack_settings(pack, st, NULL, &eff, &err), 0);
-    struct loyd_rules_input in = { .event = ev, .member = m, .ledger = lg, .settings = eff };
+    struct loyd_rules_input in = {.event = ev, .member = m, .ledger = lg, .settings = eff};
     json_t *res = NULL;
     *rc = loyd_rules_eval(rules, &in, &res);
     ck_assert_ptr_nonnull(res);
@@ -93,14 +93,15 @@ static json_t *eval_json(const char *event, const char *member, const char *ledg
     return res;
 }
 
-#define WON "{\"type\":\"deal.won\",\"key\":\"deal:7:won\",\"at\":1772366400000," \
-            "\"deal\":{\"id\":\"7\",\"amount\":100000,\"currency\":\"RUB\"}}"
+#define WON                                                                                        \
+    "{\"type\":\"deal.won\",\"key\":\"deal:7:won\",\"at\":1772366400000,"                          \
+    "\"deal\":{\"id\":\"7\",\"amount\":100000,\"currency\":\"RUB\"}}"
 #define MEMBER "{\"id\":\"43\",\"tier\":\"bronze\",\"referrer\":\"9\"}"
 
 static const char *reason_of(json_t *res, size_t i)
 {
-    return json_string_value(json_object_get(json_array_get(json_object_get(res, "rejected"), i),
-                                             "reason"));
+    return json_string_value(
+        json_object_get(json_array_get(json_object_get(res, "rejected"), i), "reason"));
 }
 
 START_TEST(test_effect_rejections)
@@ -127,10 +128,12 @@ START_TEST(test_effect_rejections)
     ck_assert_ptr_nonnull(strstr(reason_of(res, 0), "'points' must be an integer, got 37.5"));
     ck_assert_ptr_nonnull(strstr(reason_of(res, 1), "points must be 1.."));
     ck_assert_ptr_nonnull(strstr(reason_of(res, 2), "missing required field 'reason'"));
-    ck_assert_ptr_nonnull(strstr(reason_of(res, 3), "unknown field 'reson' (did you mean 'reason'?)"));
+    ck_assert_ptr_nonnull(
+        strstr(reason_of(res, 3), "unknown field 'reson' (did you mean 'reason'?)"));
     ck_assert_ptr_nonnull(strstr(reason_of(res, 4), "unknown effect kind 'gift'"));
     ck_assert_ptr_nonnull(strstr(reason_of(res, 5), "exactly one of 'discount_pct'"));
-    ck_assert_ptr_nonnull(strstr(reason_of(res, 6), "not in settings.tiers (did you mean 'gold'?)"));
+    ck_assert_ptr_nonnull(
+        strstr(reason_of(res, 6), "not in settings.tiers (did you mean 'gold'?)"));
     ck_assert_ptr_nonnull(strstr(reason_of(res, 7), "only when it is this member's referrer"));
     ck_assert_ptr_nonnull(strstr(reason_of(res, 8), "insufficient balance"));
     ck_assert_ptr_nonnull(strstr(reason_of(res, 9), "owned by the ledger"));
@@ -163,10 +166,11 @@ END_TEST
 
 START_TEST(test_fail_closed)
 {
-    make_pack("return { ['deal.won'] = function() return { award{ points = 5, reason = 'a' } } end,\n"
-              "  tick = function() return award{ points = 1, reason = 'not a list' } end,\n"
-              "  birthday = function() while true do end end }\n",
-              "return { ['deal.won'] = function(ev) local t = nil; return t.x end }\n");
+    make_pack(
+        "return { ['deal.won'] = function() return { award{ points = 5, reason = 'a' } } end,\n"
+        "  tick = function() return award{ points = 1, reason = 'not a list' } end,\n"
+        "  birthday = function() while true do end end }\n",
+        "return { ['deal.won'] = function(ev) local t = nil; return t.x end }\n");
     int rc;
     json_t *res = eval_json(WON, MEMBER, NULL, NULL, &rc);
     ck_assert_int_eq(rc, LOYD_ERULE);
@@ -182,8 +186,8 @@ START_TEST(test_fail_closed)
 
     res = eval_json("{\"type\":\"tick\",\"at\":1772366400000}", MEMBER, NULL, NULL, &rc);
     ck_assert_int_eq(rc, LOYD_EEFFECT);
-    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(res, "error")),
-                                 "returned a single effect"));
+    ck_assert_ptr_nonnull(
+        strstr(json_string_value(json_object_get(res, "error")), "returned a single effect"));
     json_decref(res);
 
     res = eval_json("{\"type\":\"birthday\",\"at\":1772366400000}", MEMBER, NULL, NULL, &rc);
@@ -193,8 +197,8 @@ START_TEST(test_fail_closed)
 
     res = eval_json("{\"type\":\"deal.lost\",\"at\":1}", MEMBER, NULL, NULL, &rc);
     ck_assert_int_eq(rc, -EINVAL);
-    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(res, "error")),
-                                 "not a canonical event"));
+    ck_assert_ptr_nonnull(
+        strstr(json_string_value(json_object_get(res, "error")), "not a canonical event"));
     json_decref(res);
 }
 END_TEST
@@ -228,10 +232,10 @@ START_TEST(test_caps_and_budgets)
     json_t *ev = json_loads(WON, 0, NULL), *m = json_loads(MEMBER, 0, NULL);
     json_t *st = json_pack("{s:{s:i}}", "budgets", "bf", 1000), *eff = NULL;
     json_t *totals = json_pack("{s:i}", "bf", 800);
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     ck_assert_int_eq(loyd_pack_settings(pack, st, NULL, &eff, &err), 0);
-    struct loyd_rules_input in = { .event = ev, .member = m, .settings = eff,
-                                   .campaign_totals = totals };
+    struct loyd_rules_input in = {
+        .event = ev, .member = m, .settings = eff, .campaign_totals = totals};
     ck_assert_int_eq(loyd_rules_eval(rules, &in, &res), 0);
     acc = json_object_get(res, "accepted");
     ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(acc, 2), "points")), 200);
@@ -251,15 +255,18 @@ END_TEST
 
 START_TEST(test_negative_policy_and_expiry)
 {
-    make_pack("return { ['deal.reopened'] = function(ev) return { reverse{ ref = ev.deal.id } } end,\n"
-              "  tick = function(ev, m) return { note{ text = 'balance ' .. m.balance .. ' lots ' .. #m.lots } } end }\n",
-              NULL);
+    make_pack(
+        "return { ['deal.reopened'] = function(ev) return { reverse{ ref = ev.deal.id } } end,\n"
+        "  tick = function(ev, m) return { note{ text = 'balance ' .. m.balance .. ' lots ' .. "
+        "#m.lots } } end }\n",
+        NULL);
     /* Award 3000 for deal 7, 2000 of it spent on deal 8. */
     const char *ledger =
         "[{\"id\":1,\"kind\":\"award\",\"points\":3000,\"ref\":\"7\",\"at\":1},"
         " {\"id\":2,\"kind\":\"redeem\",\"points\":-2000,\"lot_id\":1,\"ref\":\"8\",\"at\":2},"
         " {\"id\":3,\"kind\":\"award\",\"points\":50,\"at\":3,\"expires_ms\":1772000000000}]";
-    const char *reopen = "{\"type\":\"deal.reopened\",\"at\":1772366400000,\"deal\":{\"id\":\"7\"}}";
+    const char *reopen =
+        "{\"type\":\"deal.reopened\",\"at\":1772366400000,\"deal\":{\"id\":\"7\"}}";
     int rc;
     json_t *res = eval_json(reopen, MEMBER, ledger, NULL, &rc);
     ck_assert_int_eq(rc, 0);
@@ -271,8 +278,9 @@ START_TEST(test_negative_policy_and_expiry)
     ck_assert_str_eq(json_string_value(json_object_get(
                          json_array_get(json_object_get(res, "ledger"), 0), "kind")),
                      "expire");
-    ck_assert_str_eq(json_string_value(json_object_get(res, "purchase") ?
-                         json_object_get(json_object_get(res, "purchase"), "op") : NULL),
+    ck_assert_str_eq(json_string_value(json_object_get(res, "purchase")
+                                           ? json_object_get(json_object_get(res, "purchase"), "op")
+                                           : NULL),
                      "remove");
     json_decref(res);
 
@@ -293,12 +301,14 @@ END_TEST
 
 START_TEST(test_birthday_once_and_view)
 {
-    make_pack("return { birthday = function(ev, m) return {\n"
-              "  offer{ code = 'B1', discount_pct = 10, valid_days = 7, birthday = true },\n"
-              "  offer{ code = 'B2', discount_pct = 10, valid_days = 7, birthday = true } } end }\n",
-              NULL);
+    make_pack(
+        "return { birthday = function(ev, m) return {\n"
+        "  offer{ code = 'B1', discount_pct = 10, valid_days = 7, birthday = true },\n"
+        "  offer{ code = 'B2', discount_pct = 10, valid_days = 7, birthday = true } } end }\n",
+        NULL);
     int rc;
-    json_t *res = eval_json("{\"type\":\"birthday\",\"at\":1772366400000}", MEMBER, NULL, NULL, &rc);
+    json_t *res =
+        eval_json("{\"type\":\"birthday\",\"at\":1772366400000}", MEMBER, NULL, NULL, &rc);
     ck_assert_int_eq(json_array_size(json_object_get(res, "accepted")), 1);
     ck_assert_ptr_nonnull(strstr(reason_of(res, 0), "already given in 2026"));
     ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(res, "member"),
@@ -306,18 +316,20 @@ START_TEST(test_birthday_once_and_view)
                      2026);
     json_decref(res);
 
-    json_t *m = json_loads("{\"id\":\"1\",\"birthday\":\"1990-02-28\",\"attributes\":{\"vip\":true}}",
-                           0, NULL);
+    json_t *m = json_loads(
+        "{\"id\":\"1\",\"birthday\":\"1990-02-28\",\"attributes\":{\"vip\":true}}", 0, NULL);
     json_t *lg = json_loads("[{\"id\":1,\"kind\":\"award\",\"points\":10,\"at\":1,"
-                            "\"expires_ms\":1772409600000}]", 0, NULL);
+                            "\"expires_ms\":1772409600000}]",
+                            0, NULL);
     json_t *pur = json_loads("[{\"deal_id\":\"1\",\"amount\":500,\"at\":1772000000000}]", 0, NULL);
     json_t *view = NULL;
-    struct loyd_buf err = { 0 };
+    struct loyd_buf err = {0};
     ck_assert_int_eq(loyd_rules_member_view(m, lg, pur, T0, 0, &view, &err), 0);
     ck_assert_int_eq(json_integer_value(json_object_get(view, "balance")), 10);
     json_t *lot = json_array_get(json_object_get(view, "lots"), 0);
     ck_assert_str_eq(json_string_value(json_object_get(lot, "expires_on")), "2026-03-01");
-    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(view, "spend"), "d30")), 500);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(view, "spend"), "d30")),
+                     500);
     ck_assert_ptr_null(json_object_get(view, "referrer")); /* absent, not null: nil in Lua */
     ck_assert(json_is_true(json_object_get(json_object_get(view, "attributes"), "vip")));
     json_decref(view);
@@ -405,17 +417,17 @@ END_TEST
 START_TEST(test_retail_pack_passes)
 {
     char *dir = src_path("rules/retail");
-    char *argv_test[] = { "test", dir, NULL };
-    char *argv_check[] = { "check", dir, NULL };
+    char *argv_test[] = {"test", dir, NULL};
+    char *argv_check[] = {"check", dir, NULL};
     /* The commands print to stdout; keep the test log readable. */
     ck_assert_ptr_nonnull(freopen("/dev/null", "w", stdout));
     ck_assert_int_eq(loyd_cmd_test(2, argv_test), 0);
     ck_assert_int_eq(loyd_cmd_check(2, argv_check), 0);
-    char *argv_bad[] = { "test", NULL };
+    char *argv_bad[] = {"test", NULL};
     ck_assert_int_eq(loyd_cmd_test(1, argv_bad), 2);
     free(dir);
     dir = src_path("tests/data/packs/child");
-    char *argv_child[] = { "test", dir, NULL };
+    char *argv_child[] = {"test", dir, NULL};
     ck_assert_int_eq(loyd_cmd_test(2, argv_child), 0);
     free(dir);
 }
