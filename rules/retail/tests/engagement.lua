@@ -1,0 +1,26 @@
+-- Engagement bonus: one-time points for a review.
+return {
+  { name = "a review earns the bonus once",
+    now = "2026-03-01",
+    events = { { type = "contact.updated", contact = { id = "1", attributes = { review_left = true } } },
+               { type = "contact.updated", contact = { id = "1", attributes = { review_left = true } } } },
+    expect = {
+      effects = { { kind = "award", points = 200, reason = "thank you for the review" },
+                  { kind = "set_field", name = "review_bonus_paid", value = true } },
+      attributes = { review_bonus_paid = true },
+      outbox = { { op = "contact.fields", fields = { review_bonus_paid = true, balance = 200 } } },
+      balance = 200,
+    } },
+  { name = "no review, no bonus",
+    now = "2026-03-01",
+    events = { { type = "contact.updated", contact = { id = "1", attributes = { review_left = false } } } },
+    expect = { effects = {}, balance = 0 } },
+  { name = "a member already paid gets nothing",
+    now = "2026-03-01", member = { attributes = { review_bonus_paid = true } },
+    events = { { type = "contact.updated", contact = { id = "1", attributes = { review_left = true } } } },
+    expect = { effects = {} } },
+  { name = "the amount is a setting",
+    now = "2026-03-01", settings = { review_points = 50 },
+    events = { { type = "contact.updated", contact = { id = "1", attributes = { review_left = true } } } },
+    expect = { balance = 50 } },
+}

@@ -1,0 +1,36 @@
+-- Paying part of a deal with points: capped at max_redeem_share_bp of the amount, never more
+-- than the balance, oldest-expiring lot first; cashback only on the part paid in money.
+return {
+  { name = "redemption is capped at 50% of the purchase",
+    now = "2026-03-01", member = { tier = "bronze", lots = { { points = 100000, expires = "2026-12-31" } } },
+    events = { { type = "deal.won", deal = { id = "5", amount = 100000, redeem_points = 80000 } } },
+    expect = {
+      effects = { { kind = "redeem", points = 50000, requested = 80000, ref = "5" },
+                  { kind = "award", points = 1500 } },
+      balance = 51500,
+    } },
+  { name = "a redemption within cap and balance is taken in full",
+    now = "2026-03-01", member = { tier = "bronze", balance = 2000 },
+    events = { { type = "deal.won", deal = { id = "5", amount = 100000, redeem_points = 1500 } } },
+    expect = { effects = { { kind = "redeem", points = 1500 }, { kind = "award", points = 2955 } },
+               balance = 3455 } },
+  { name = "asking for more than the balance redeems what there is",
+    now = "2026-03-01", member = { tier = "bronze", balance = 1000 },
+    events = { { type = "deal.won", deal = { id = "5", amount = 100000, redeem_points = 5000 } } },
+    expect = { effects = { { kind = "redeem", points = 1000, requested = 5000 },
+                           { kind = "award", points = 2970 } },
+               balance = 2970 } },
+  { name = "the share is a setting",
+    now = "2026-03-01", settings = { max_redeem_share_bp = 1000 },
+    member = { tier = "bronze", balance = 50000 },
+    events = { { type = "deal.won", deal = { id = "5", amount = 100000, redeem_points = 50000 } } },
+    expect = { effects = { { kind = "redeem", points = 10000 }, { kind = "award", points = 2700 } } } },
+  { name = "the lot expiring first is spent first",
+    now = "2026-03-01",
+    member = { tier = "bronze", lots = { { points = 500, expires = "2026-06-30" },
+                                         { points = 500, expires = "2026-04-30" } } },
+    events = { { type = "deal.won", deal = { id = "5", amount = 100000, redeem_points = 600 } },
+               -- If the April lot had not been spent first, 400 points would expire here.
+               { type = "tick", date = "2026-05-02" } },
+    expect = { balance = 3382 } },
+}

@@ -1,0 +1,5 @@
+return {
+  tick = function(ev)
+    return {
+  end,
+}

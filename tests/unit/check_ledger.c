@@ -1,0 +1,280 @@
+/* SPDX-License-Identifier: MIT */
+/* Ledger math: lots spent oldest-expiring first, reversal with partial spend under both
+ * negative-balance policies, debt, expiry, windows for caps, campaign totals, row validation. */
+#include <check.h>
+#include <errno.h>
+#include <string.h>
+
+#include "ledger.h"
+
+#define DAY LOYD_DAY_MS
+#define T0 (1772366400000LL) /* 2026-03-01 12:00 UTC */
+
+static struct loyd_ledger lg;
+static struct loyd_buf err;
+
+static void setup(void)
+{
+    memset(&err, 0, sizeof(err));
+    ck_assert_int_eq(loyd_ledger_init(&lg, "m1", NULL, &err), 0);
+}
+
+static void teardown(void)
+{
+    loyd_ledger_deinit(&lg);
+    loyd_buf_free(&err);
+}
+
+static int64_t remaining(int64_t id)
+{
+    const struct loyd_lot *l = loyd_ledger_lot(&lg, id);
+    ck_assert_ptr_nonnull(l);
+    return l->remaining;
+}
+
+START_TEST(test_redeem_fifo_by_expiry)
+{
+    json_t *out = json_array();
+    /* Lot 1 expires later than lot 2; lot 3 never expires. */
+    ck_assert_int_eq(loyd_ledger_award(&lg, 500, "a", "d1", NULL, T0 + 100 * DAY, T0, out, &err),
+                     0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 500, "b", "d2", NULL, T0 + 50 * DAY, T0, out, &err), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 500, "c", "d3", NULL, 0, T0, out, &err), 0);
+    json_array_clear(out);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 700, "pay", "d9", false, T0, out, &err), 0);
+    ck_assert_int_eq(json_array_size(out), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(out, 0), "lot_id")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(out, 0), "points")), -500);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(out, 1), "lot_id")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(out, 1), "points")), -200);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(out, 1), "kind")), "redeem");
+    ck_assert_int_eq(remaining(1), 300);
+    ck_assert_int_eq(remaining(2), 0);
+    ck_assert_int_eq(remaining(3), 500);
+    ck_assert_int_eq(lg.balance, 800);
+    /* Equal expiry: lowest id first. */
+    ck_assert_int_eq(loyd_ledger_award(&lg, 10, "e", NULL, NULL, T0 + 100 * DAY, T0, NULL, &err),
+                     0);
+    json_array_clear(out);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 305, "pay", NULL, false, T0, out, &err), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(out, 0), "lot_id")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(out, 1), "lot_id")), 6);
+    json_decref(out);
+}
+END_TEST
+
+START_TEST(test_redeem_insufficient_and_negative)
+{
+    ck_assert_int_eq(loyd_ledger_award(&lg, 100, "a", NULL, NULL, 0, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 150, "pay", NULL, false, T0, NULL, &err), -ENOSPC);
+    ck_assert_ptr_nonnull(strstr(err.data, "insufficient balance"));
+    ck_assert_int_eq(lg.balance, 100); /* nothing written */
+    ck_assert_int_eq(json_array_size(lg.rows), 1);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 150, "pay", NULL, true, T0, NULL, &err), 0);
+    ck_assert_int_eq(lg.balance, -50);
+    ck_assert_int_eq(lg.debt, 50);
+    /* A new lot first pays the debt. */
+    ck_assert_int_eq(loyd_ledger_award(&lg, 80, "b", NULL, NULL, 0, T0, NULL, &err), 0);
+    ck_assert_int_eq(lg.debt, 0);
+    ck_assert_int_eq(lg.balance, 30);
+    ck_assert_int_eq(remaining(json_integer_value(json_object_get(
+                         json_array_get(lg.rows, json_array_size(lg.rows) - 1), "id"))),
+                     30);
+    /* Expired lots are not spendable. */
+    ck_assert_int_eq(loyd_ledger_award(&lg, 1000, "c", NULL, NULL, T0 + DAY, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 500, "pay", NULL, false, T0 + 2 * DAY, NULL, &err),
+                     -ENOSPC);
+}
+END_TEST
+
+START_TEST(test_reverse_partial_spend)
+{
+    struct loyd_reversal rv;
+    json_t *out = json_array();
+
+    ck_assert_int_eq(loyd_ledger_award(&lg, 3000, "cashback", "759", NULL, 0, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 2000, "pay", "760", false, T0, NULL, &err), 0);
+    /* Not allowed to go negative: only what remains comes back, the rest is shortfall. */
+    ck_assert_int_eq(loyd_ledger_reverse(&lg, "759", "reopened", false, T0, out, &rv, &err), 0);
+    ck_assert_int_eq(rv.reversed, 1000);
+    ck_assert_int_eq(rv.shortfall, 2000);
+    ck_assert_int_eq(rv.lots, 1);
+    ck_assert_int_eq(lg.balance, 0);
+    ck_assert_int_eq(json_array_size(out), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(out, 0), "kind")), "reverse");
+    /* A second reversal finds nothing left to reverse. */
+    ck_assert_int_eq(loyd_ledger_reverse(&lg, "759", "again", false, T0, NULL, &rv, &err), 0);
+    ck_assert_int_eq(rv.lots, 0);
+    json_decref(out);
+}
+END_TEST
+
+START_TEST(test_reverse_negative_allowed)
+{
+    struct loyd_reversal rv;
+
+    ck_assert_int_eq(loyd_ledger_award(&lg, 3000, "cashback", "759", NULL, 0, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 500, "other", "x", NULL, 0, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 3200, "pay", "760", false, T0, NULL, &err), 0);
+    ck_assert_int_eq(lg.balance, 300);
+    ck_assert_int_eq(loyd_ledger_reverse(&lg, "759", "reopened", true, T0, NULL, &rv, &err), 0);
+    ck_assert_int_eq(rv.reversed, 3000);
+    ck_assert_int_eq(rv.shortfall, 0);
+    ck_assert_int_eq(lg.balance, -2700);
+    /* Replaying the rows from scratch gives the same state (balance derived from rows). */
+    struct loyd_ledger again;
+    ck_assert_int_eq(loyd_ledger_init(&again, "m1", lg.rows, &err), 0);
+    ck_assert_int_eq(again.balance, -2700);
+    ck_assert_int_eq(again.debt, lg.debt);
+    loyd_ledger_deinit(&again);
+}
+END_TEST
+
+START_TEST(test_reverse_returns_redemption)
+{
+    struct loyd_reversal rv;
+
+    ck_assert_int_eq(loyd_ledger_award(&lg, 5000, "old", NULL, NULL, T0 + 30 * DAY, T0, NULL, &err),
+                     0);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 3000, "pay", "761", false, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 210, "cashback", "761", NULL, 0, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_reverse(&lg, "761", "reopened", false, T0, NULL, &rv, &err), 0);
+    ck_assert_int_eq(rv.returned, 3000);
+    ck_assert_int_eq(rv.reversed, 210);
+    ck_assert_int_eq(lg.balance, 5000);
+    ck_assert_int_eq(remaining(1), 5000); /* back to the lot it came from, with its expiry */
+    ck_assert_int_eq(loyd_ledger_reverse(&lg, "nope", "x", false, T0, NULL, &rv, &err), -ENOENT);
+}
+END_TEST
+
+START_TEST(test_expire)
+{
+    json_t *out = json_array();
+    int64_t n = 0;
+
+    ck_assert_int_eq(loyd_ledger_award(&lg, 100, "a", NULL, NULL, T0 + DAY, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 200, "b", NULL, NULL, T0 + 5 * DAY, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 40, "pay", NULL, false, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_expire(&lg, T0 + DAY - 1, out, &n, &err), 0);
+    ck_assert_int_eq(n, 0);
+    ck_assert_int_eq(loyd_ledger_expire(&lg, T0 + DAY, out, &n, &err), 0);
+    ck_assert_int_eq(n, 60); /* 100 minus the 40 spent from it */
+    ck_assert_int_eq(json_array_size(out), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(out, 0), "kind")), "expire");
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(out, 0), "lot_id")), 1);
+    ck_assert_int_eq(lg.balance, 200);
+    ck_assert_int_eq(loyd_ledger_expire(&lg, T0 + DAY, out, &n, &err), 0);
+    ck_assert_int_eq(n, 0); /* idempotent */
+    json_t *lots = loyd_ledger_lots_json(&lg, T0 + DAY, 0);
+    ck_assert_int_eq(json_array_size(lots), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(lots, 0), "expires_on")),
+                     "2026-03-06");
+    json_decref(lots);
+    json_decref(out);
+}
+END_TEST
+
+START_TEST(test_windows_and_campaigns)
+{
+    ck_assert_int_eq(loyd_ledger_award(&lg, 100, "a", NULL, "bf", 0, T0 - 40 * DAY, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 200, "b", "d", "bf", 0, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 300, "c", NULL, NULL, 0, T0 + 1000, NULL, &err), 0);
+    int64_t from, to;
+    loyd_date_day_bounds(T0, 0, &from, &to);
+    ck_assert_int_eq(loyd_ledger_awarded_between(&lg, from, to), 500);
+    loyd_date_month_bounds(T0, 0, &from, &to);
+    ck_assert_int_eq(to - from, 31 * DAY);
+    ck_assert_int_eq(loyd_ledger_awarded_between(&lg, from, to), 500);
+    struct loyd_reversal rv;
+    ck_assert_int_eq(loyd_ledger_reverse(&lg, "d", "x", false, T0, NULL, &rv, &err), 0);
+    json_t *tot = loyd_ledger_campaign_totals(lg.rows);
+    ck_assert_int_eq(json_integer_value(json_object_get(tot, "bf")),
+                     100); /* reversal returns budget */
+    json_decref(tot);
+
+    json_t *pur =
+        json_pack("[{s:s,s:I,s:I},{s:s,s:I,s:I},{s:s,s:I,s:I}]", "deal_id", "1", "amount",
+                  (json_int_t)1000, "at", (json_int_t)(T0 - 10 * DAY), "deal_id", "2", "amount",
+                  (json_int_t)2000, "at", (json_int_t)(T0 - 100 * DAY), "deal_id", "3", "amount",
+                  (json_int_t)4000, "at", (json_int_t)(T0 - 400 * DAY));
+    struct loyd_spend sp;
+    ck_assert_int_eq(loyd_ledger_spend(pur, T0, &sp, &err), 0);
+    ck_assert_int_eq(sp.d30, 1000);
+    ck_assert_int_eq(sp.d365, 3000);
+    ck_assert_int_eq(sp.total, 7000);
+    ck_assert_int_eq(sp.n365, 2);
+    ck_assert_int_eq(sp.first_ms, T0 - 400 * DAY);
+    json_decref(pur);
+    pur = json_pack("[{s:s,s:f,s:I}]", "deal_id", "1", "amount", 1.5, "at", (json_int_t)T0);
+    ck_assert_int_eq(loyd_ledger_spend(pur, T0, &sp, &err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.data, "purchase 0: field 'amount'"));
+    json_decref(pur);
+}
+END_TEST
+
+START_TEST(test_rows_validated)
+{
+    struct loyd_ledger bad;
+    static const char *const cases[][2] = {
+        {"[{\"id\":1,\"kind\":\"gift\",\"points\":5}]", "field 'kind'"},
+        {"[{\"id\":1,\"kind\":\"award\",\"points\":1.5}]", "field 'points'"},
+        {"[{\"id\":1,\"kind\":\"award\",\"points\":-5}]", "an award must be positive"},
+        {"[{\"id\":1,\"kind\":\"redeem\",\"points\":-5,\"lot_id\":9}]", "names no earlier lot"},
+        {"[{\"id\":1,\"kind\":\"award\",\"points\":5},{\"id\":1,\"kind\":\"award\",\"points\":5}]",
+         "duplicates"},
+        {"[{\"id\":1,\"kind\":\"award\",\"points\":5,\"member_id\":\"m2\"}]", "another member"},
+        {"[{\"kind\":\"award\",\"points\":5}]", "field 'id'"},
+    };
+    for (size_t i = 0; i < LOYD_ARRAY_SIZE(cases); i++) {
+        json_t *rows = json_loads(cases[i][0], 0, NULL);
+        loyd_buf_reset(&err);
+        ck_assert_int_eq(loyd_ledger_init(&bad, "m1", rows, &err), -EINVAL);
+        ck_assert_msg(strstr(err.data, cases[i][1]) != NULL, "case %zu: %s", i, err.data);
+        loyd_ledger_deinit(&bad);
+        json_decref(rows);
+    }
+    /* Rows in any order are replayed by id. */
+    json_t *rows = json_loads("[{\"id\":2,\"kind\":\"redeem\",\"points\":-5,\"lot_id\":1},"
+                              "{\"id\":1,\"kind\":\"award\",\"points\":8}]",
+                              0, NULL);
+    ck_assert_int_eq(loyd_ledger_init(&bad, "m1", rows, &err), 0);
+    ck_assert_int_eq(bad.balance, 3);
+    loyd_ledger_deinit(&bad);
+    json_decref(rows);
+}
+END_TEST
+
+START_TEST(test_dates)
+{
+    char d[11];
+    int64_t ms;
+    ck_assert_int_eq(loyd_date_parse("2026-03-01", 0, &ms), 0);
+    ck_assert_int_eq(ms, T0 - 12 * 3600 * 1000LL);
+    loyd_date_format(T0, 0, d);
+    ck_assert_str_eq(d, "2026-03-01");
+    loyd_date_format(T0, 13 * 60, d); /* UTC+13: already the next day */
+    ck_assert_str_eq(d, "2026-03-02");
+    ck_assert_int_eq(loyd_date_parse("2027-02-29", 0, &ms), -EINVAL);
+    ck_assert_int_eq(loyd_date_parse("2028-02-29", 0, &ms), 0);
+    ck_assert_int_eq(loyd_date_parse("2026-13-01", 0, &ms), -EINVAL);
+}
+END_TEST
+
+Suite *ledger_suite(void)
+{
+    Suite *s = suite_create("ledger");
+    TCase *tc = tcase_create("math");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 10);
+    tcase_add_test(tc, test_redeem_fifo_by_expiry);
+    tcase_add_test(tc, test_redeem_insufficient_and_negative);
+    tcase_add_test(tc, test_reverse_partial_spend);
+    tcase_add_test(tc, test_reverse_negative_allowed);
+    tcase_add_test(tc, test_reverse_returns_redemption);
+    tcase_add_test(tc, test_expire);
+    tcase_add_test(tc, test_windows_and_campaigns);
+    tcase_add_test(tc, test_rows_validated);
+    tcase_add_test(tc, test_dates);
+    suite_add_tcase(s, tc);
+    return s;
+}

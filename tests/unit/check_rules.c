@@ -1,0 +1,473 @@
+/* SPDX-License-Identifier: MIT */
+/* The rule engine: effect validation and rejections, fail-closed evaluation, caps, budgets,
+ * lint, the test runner's diff, and `loyd test` / `loyd check` on the stock pack. */
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ledger.h"
+#include "rules.h"
+
+#define T0 (1772366400000LL) /* 2026-03-01 12:00 UTC */
+
+static char tmpdir[64];
+static struct loyd_pack *pack;
+static struct loyd_rules *rules;
+
+static void write_file(const char *rel, const char *text)
+{
+    char *p = loyd_xasprintf("%s/%s", tmpdir, rel);
+    char *slash = strrchr(p, '/');
+    *slash = '\0';
+    mkdir(p, 0700);
+    *slash = '/';
+    FILE *f = fopen(p, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+    free(p);
+}
+
+static const char *conf =
+    "return { name = 't', version = '1', settings = {\n"
+    "  tiers = { type = 'list', of = 'string', default = { 'bronze', 'gold' } },\n"
+    "  caps = { type = 'map', of = 'int', default = {} },\n"
+    "  budgets = { type = 'map', of = 'int', default = {} },\n"
+    "  allow_negative_balance = { type = 'bool', default = false },\n"
+    "} }\n";
+
+/* A pack whose deal.won handler returns what `body` builds (Lua expression of effects). */
+static void make_pack(const char *rules_a, const char *rules_b)
+{
+    struct loyd_buf err = {0};
+    strcpy(tmpdir, "/tmp/loyd-rules-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    write_file("pack.conf", conf);
+    write_file("rules/a.lua", rules_a);
+    if (rules_b != NULL)
+        write_file("rules/b.lua", rules_b);
+    ck_assert_int_eq(loyd_pack_load(tmpdir, NULL, &pack, &err), 0);
+    struct loyd_sandbox_limits lim = {.instructions = 200000, .wall_ms = 2000};
+    int rc = loyd_rules_create(pack, &lim, &rules, &err);
+    ck_assert_msg(rc == 0, "%s", err.data ? err.data : "");
+    loyd_buf_free(&err);
+}
+
+static void teardown(void)
+{
+    loyd_rules_destroy(rules);
+    loyd_pack_destroy(pack);
+    rules = NULL;
+    pack = NULL;
+    if (tmpdir[0] != '\0') {
+        char *cmd = loyd_xasprintf("rm -rf %s", tmpdir);
+        ck_assert_int_eq(system(cmd), 0);
+        free(cmd);
+    }
+}
+
+static json_t *eval_json(const char *event, const char *member, const char *ledger,
+                         const char *settings, int *rc)
+{
+    json_t *ev = json_loads(event, 0, NULL), *m = json_loads(member, 0, NULL);
+    json_t *lg = ledger ? json_loads(ledger, 0, NULL) : NULL;
+    json_t *st = json_loads(settings ? settings : "{}", 0, NULL), *eff = NULL;
+    struct loyd_buf err = {0};
+    ck_assert_ptr_nonnull(ev);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_int_eq(loyd_pack_settings(pack, st, NULL, &eff, &err), 0);
+    struct loyd_rules_input in = {.event = ev, .member = m, .ledger = lg, .settings = eff};
+    json_t *res = NULL;
+    *rc = loyd_rules_eval(rules, &in, &res);
+    ck_assert_ptr_nonnull(res);
+    json_decref(ev);
+    json_decref(m);
+    json_decref(lg);
+    json_decref(st);
+    json_decref(eff);
+    loyd_buf_free(&err);
+    return res;
+}
+
+#define WON                                                                                        \
+    "{\"type\":\"deal.won\",\"key\":\"deal:7:won\",\"at\":1772366400000,"                          \
+    "\"deal\":{\"id\":\"7\",\"amount\":100000,\"currency\":\"RUB\"}}"
+#define MEMBER "{\"id\":\"43\",\"tier\":\"bronze\",\"referrer\":\"9\"}"
+
+static const char *reason_of(json_t *res, size_t i)
+{
+    return json_string_value(
+        json_object_get(json_array_get(json_object_get(res, "rejected"), i), "reason"));
+}
+
+START_TEST(test_effect_rejections)
+{
+    make_pack("return { ['deal.won'] = function(ev, m, s) return {\n"
+              "  award{ points = 37.5, reason = 'float' },\n"
+              "  award{ points = -5, reason = 'negative' },\n"
+              "  award{ points = 5 },\n"
+              "  award{ points = 5, reason = 'x', reson = 'typo' },\n"
+              "  { kind = 'gift', points = 1 },\n"
+              "  offer{ code = 'A', discount_pct = 5, discount_amount = 100, valid_days = 3 },\n"
+              "  set_tier{ tier = 'gld' },\n"
+              "  award{ points = 10, reason = 'to a stranger', member = '77' },\n"
+              "  redeem{ points = 10, reason = 'no balance' },\n"
+              "  set_field{ name = 'balance', value = 5 },\n"
+              "  award{ points = 100, reason = 'ok', ref = ev.deal.id },\n"
+              "  award{ points = 10, reason = 'referrer', member = m.referrer },\n"
+              "} end }\n",
+              NULL);
+    int rc;
+    json_t *res = eval_json(WON, MEMBER, NULL, NULL, &rc);
+    ck_assert_int_eq(rc, 0);
+    ck_assert(json_is_true(json_object_get(res, "ok")));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 0), "'points' must be an integer, got 37.5"));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 1), "points must be 1.."));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 2), "missing required field 'reason'"));
+    ck_assert_ptr_nonnull(
+        strstr(reason_of(res, 3), "unknown field 'reson' (did you mean 'reason'?)"));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 4), "unknown effect kind 'gift'"));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 5), "exactly one of 'discount_pct'"));
+    ck_assert_ptr_nonnull(
+        strstr(reason_of(res, 6), "not in settings.tiers (did you mean 'gold'?)"));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 7), "only when it is this member's referrer"));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 8), "insufficient balance"));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 9), "owned by the ledger"));
+    ck_assert_int_eq(json_array_size(json_object_get(res, "rejected")), 10);
+    json_t *acc = json_object_get(res, "accepted");
+    ck_assert_int_eq(json_array_size(acc), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(res, "balance")), 100);
+    /* Rows: this member's award (provisional id 1) and the referrer's. */
+    json_t *rows = json_object_get(res, "ledger");
+    ck_assert_int_eq(json_array_size(rows), 2);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(rows, 1), "member_id")), "9");
+    /* Write-backs: balance first, then a refresh of the referrer. */
+    json_t *ob = json_object_get(res, "outbox");
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(ob, 0), "op")),
+                     "contact.fields");
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_object_get(json_array_get(ob, 0), "fields"), "balance")),
+                     100);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(ob, 1), "op")),
+                     "member.refresh");
+    /* The purchase goes into the history. */
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(res, "purchase"), "op")),
+                     "add");
+    /* The trace says which file proposed what. */
+    json_t *tr = json_object_get(res, "trace");
+    ck_assert_int_eq(json_array_size(json_object_get(tr, "proposed")), 12);
+    json_decref(res);
+}
+END_TEST
+
+START_TEST(test_fail_closed)
+{
+    make_pack(
+        "return { ['deal.won'] = function() return { award{ points = 5, reason = 'a' } } end,\n"
+        "  tick = function() return award{ points = 1, reason = 'not a list' } end,\n"
+        "  birthday = function() while true do end end }\n",
+        "return { ['deal.won'] = function(ev) local t = nil; return t.x end }\n");
+    int rc;
+    json_t *res = eval_json(WON, MEMBER, NULL, NULL, &rc);
+    ck_assert_int_eq(rc, LOYD_ERULE);
+    ck_assert(json_is_false(json_object_get(res, "ok")));
+    const char *e = json_string_value(json_object_get(res, "error"));
+    ck_assert_ptr_nonnull(strstr(e, "rules/b.lua:1: attempt to index a nil value"));
+    ck_assert_ptr_nonnull(strstr(e, "stack traceback"));
+    /* a.lua's award is not applied: no rows, no effects, no write-back. */
+    ck_assert_int_eq(json_array_size(json_object_get(res, "ledger")), 0);
+    ck_assert_int_eq(json_array_size(json_object_get(res, "accepted")), 0);
+    ck_assert_int_eq(json_array_size(json_object_get(res, "outbox")), 0);
+    json_decref(res);
+
+    res = eval_json("{\"type\":\"tick\",\"at\":1772366400000}", MEMBER, NULL, NULL, &rc);
+    ck_assert_int_eq(rc, LOYD_EEFFECT);
+    ck_assert_ptr_nonnull(
+        strstr(json_string_value(json_object_get(res, "error")), "returned a single effect"));
+    json_decref(res);
+
+    res = eval_json("{\"type\":\"birthday\",\"at\":1772366400000}", MEMBER, NULL, NULL, &rc);
+    ck_assert_int_eq(rc, LOYD_EBUDGET);
+    ck_assert(json_is_false(json_object_get(res, "ok")));
+    json_decref(res);
+
+    res = eval_json("{\"type\":\"deal.lost\",\"at\":1}", MEMBER, NULL, NULL, &rc);
+    ck_assert_int_eq(rc, -EINVAL);
+    ck_assert_ptr_nonnull(
+        strstr(json_string_value(json_object_get(res, "error")), "not a canonical event"));
+    json_decref(res);
+}
+END_TEST
+
+START_TEST(test_caps_and_budgets)
+{
+    make_pack("return { ['deal.won'] = function() return {\n"
+              "  award{ points = 700, reason = 'a' },\n"
+              "  award{ points = 700, reason = 'b' },\n"
+              "  award{ points = 500, reason = 'c', campaign = 'bf' },\n"
+              "} end }\n",
+              NULL);
+    int rc;
+    /* 300 already awarded today. */
+    const char *ledger = "[{\"id\":1,\"kind\":\"award\",\"points\":300,\"at\":1772360000000}]";
+    json_t *res = eval_json(WON, MEMBER, ledger, "{\"caps\":{\"award_per_day\":1500}}", &rc);
+    ck_assert_int_eq(rc, 0);
+    json_t *acc = json_object_get(res, "accepted");
+    ck_assert_int_eq(json_array_size(acc), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(acc, 1), "points")), 500);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(acc, 1), "capped_from")),
+                     700);
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 0), "cap award_per_day reached (1500 of 1500"));
+    json_decref(res);
+
+    res = eval_json(WON, MEMBER, NULL, "{\"caps\":{\"award_per_event\":1000}}", &rc);
+    ck_assert_int_eq(json_integer_value(json_object_get(res, "balance")), 1000);
+    json_decref(res);
+
+    /* The campaign budget counts what the tenant already spent on it. */
+    json_t *ev = json_loads(WON, 0, NULL), *m = json_loads(MEMBER, 0, NULL);
+    json_t *st = json_pack("{s:{s:i}}", "budgets", "bf", 1000), *eff = NULL;
+    json_t *totals = json_pack("{s:i}", "bf", 800);
+    struct loyd_buf err = {0};
+    ck_assert_int_eq(loyd_pack_settings(pack, st, NULL, &eff, &err), 0);
+    struct loyd_rules_input in = {
+        .event = ev, .member = m, .settings = eff, .campaign_totals = totals};
+    ck_assert_int_eq(loyd_rules_eval(rules, &in, &res), 0);
+    acc = json_object_get(res, "accepted");
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(acc, 2), "points")), 200);
+    json_decref(res);
+    json_object_set_new(totals, "bf", json_integer(1000));
+    ck_assert_int_eq(loyd_rules_eval(rules, &in, &res), 0);
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 0), "budget of campaign 'bf' exhausted"));
+    json_decref(res);
+    json_decref(ev);
+    json_decref(m);
+    json_decref(st);
+    json_decref(eff);
+    json_decref(totals);
+    loyd_buf_free(&err);
+}
+END_TEST
+
+START_TEST(test_negative_policy_and_expiry)
+{
+    make_pack(
+        "return { ['deal.reopened'] = function(ev) return { reverse{ ref = ev.deal.id } } end,\n"
+        "  tick = function(ev, m) return { note{ text = 'balance ' .. m.balance .. ' lots ' .. "
+        "#m.lots } } end }\n",
+        NULL);
+    /* Award 3000 for deal 7, 2000 of it spent on deal 8. */
+    const char *ledger =
+        "[{\"id\":1,\"kind\":\"award\",\"points\":3000,\"ref\":\"7\",\"at\":1},"
+        " {\"id\":2,\"kind\":\"redeem\",\"points\":-2000,\"lot_id\":1,\"ref\":\"8\",\"at\":2},"
+        " {\"id\":3,\"kind\":\"award\",\"points\":50,\"at\":3,\"expires_ms\":1772000000000}]";
+    const char *reopen =
+        "{\"type\":\"deal.reopened\",\"at\":1772366400000,\"deal\":{\"id\":\"7\"}}";
+    int rc;
+    json_t *res = eval_json(reopen, MEMBER, ledger, NULL, &rc);
+    ck_assert_int_eq(rc, 0);
+    json_t *e = json_array_get(json_object_get(res, "accepted"), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(e, "reversed")), 1000);
+    ck_assert_int_eq(json_integer_value(json_object_get(e, "shortfall")), 2000);
+    ck_assert_int_eq(json_integer_value(json_object_get(res, "balance")), 0);
+    /* The expired 50-point lot went first, as an expire row. */
+    ck_assert_str_eq(json_string_value(json_object_get(
+                         json_array_get(json_object_get(res, "ledger"), 0), "kind")),
+                     "expire");
+    ck_assert_str_eq(json_string_value(json_object_get(res, "purchase")
+                                           ? json_object_get(json_object_get(res, "purchase"), "op")
+                                           : NULL),
+                     "remove");
+    json_decref(res);
+
+    res = eval_json(reopen, MEMBER, ledger, "{\"allow_negative_balance\":true}", &rc);
+    e = json_array_get(json_object_get(res, "accepted"), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(e, "reversed")), 3000);
+    ck_assert_int_eq(json_integer_value(json_object_get(res, "balance")), -2000);
+    json_decref(res);
+
+    /* Handlers see the member after expiry. */
+    res = eval_json("{\"type\":\"tick\",\"at\":1772366400000}", MEMBER, ledger, NULL, &rc);
+    ck_assert_str_eq(json_string_value(json_object_get(
+                         json_array_get(json_object_get(res, "accepted"), 0), "text")),
+                     "balance 1000 lots 1");
+    json_decref(res);
+}
+END_TEST
+
+START_TEST(test_birthday_once_and_view)
+{
+    make_pack(
+        "return { birthday = function(ev, m) return {\n"
+        "  offer{ code = 'B1', discount_pct = 10, valid_days = 7, birthday = true },\n"
+        "  offer{ code = 'B2', discount_pct = 10, valid_days = 7, birthday = true } } end }\n",
+        NULL);
+    int rc;
+    json_t *res =
+        eval_json("{\"type\":\"birthday\",\"at\":1772366400000}", MEMBER, NULL, NULL, &rc);
+    ck_assert_int_eq(json_array_size(json_object_get(res, "accepted")), 1);
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 0), "already given in 2026"));
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(res, "member"),
+                                                        "last_birthday_offer_year")),
+                     2026);
+    json_decref(res);
+
+    json_t *m = json_loads(
+        "{\"id\":\"1\",\"birthday\":\"1990-02-28\",\"attributes\":{\"vip\":true}}", 0, NULL);
+    json_t *lg = json_loads("[{\"id\":1,\"kind\":\"award\",\"points\":10,\"at\":1,"
+                            "\"expires_ms\":1772409600000}]",
+                            0, NULL);
+    json_t *pur = json_loads("[{\"deal_id\":\"1\",\"amount\":500,\"at\":1772000000000}]", 0, NULL);
+    json_t *view = NULL;
+    struct loyd_buf err = {0};
+    ck_assert_int_eq(loyd_rules_member_view(m, lg, pur, T0, 0, &view, &err), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(view, "balance")), 10);
+    json_t *lot = json_array_get(json_object_get(view, "lots"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(lot, "expires_on")), "2026-03-01");
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(view, "spend"), "d30")),
+                     500);
+    ck_assert_ptr_null(json_object_get(view, "referrer")); /* absent, not null: nil in Lua */
+    ck_assert(json_is_true(json_object_get(json_object_get(view, "attributes"), "vip")));
+    json_decref(view);
+    json_decref(m);
+    json_decref(lg);
+    json_decref(pur);
+    loyd_buf_free(&err);
+}
+END_TEST
+
+static char *capture(int (*fn)(const char *, FILE *), const char *dir, int *rc)
+{
+    FILE *f = tmpfile();
+    ck_assert_ptr_nonnull(f);
+    *rc = fn(dir, f);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = loyd_xcalloc(1, (size_t)n + 1);
+    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    return buf;
+}
+
+static int run_tests(const char *dir, FILE *out)
+{
+    return loyd_pack_test_run(dir, NULL, out);
+}
+
+static int run_check(const char *dir, FILE *out)
+{
+    return loyd_pack_check_run(dir, NULL, out);
+}
+
+static char *src_path(const char *rel)
+{
+    const char *src = getenv("LOYD_SRC");
+    return loyd_xasprintf("%s/%s", src != NULL ? src : ".", rel);
+}
+
+START_TEST(test_lint_finds_problems)
+{
+    char *dir = src_path("tests/data/packs/lint");
+    int rc;
+    char *out = capture(run_check, dir, &rc);
+    ck_assert_int_eq(rc, 1);
+    ck_assert_ptr_nonnull(strstr(out, "lint/rules/a.lua:2: 'deal.wonn' is not an event name "
+                                      "(did you mean 'deal.won'?)"));
+    ck_assert_ptr_nonnull(strstr(out, "lint/rules/a.lua:5: handler 'tick' is a number, not a "
+                                      "function"));
+    ck_assert_ptr_nonnull(strstr(out, "lint/rules/a.lua:6: handler 'contact.created' returned a "
+                                      "single effect"));
+    ck_assert_ptr_nonnull(strstr(out, "lint/rules/a.lua:9: handler 'birthday', effect 1: award: "
+                                      "unknown field 'reson' (did you mean 'reason'?)"));
+    ck_assert_ptr_nonnull(strstr(out, "4 problems found"));
+    free(out);
+    free(dir);
+
+    dir = src_path("tests/data/packs/syntax");
+    out = capture(run_check, dir, &rc);
+    ck_assert_int_eq(rc, 1);
+    ck_assert_ptr_nonnull(strstr(out, "syntax/rules/broken.lua:4: unexpected symbol near 'end'"));
+    free(out);
+    free(dir);
+}
+END_TEST
+
+START_TEST(test_runner_diff)
+{
+    char *dir = src_path("tests/data/packs/failing");
+    int rc;
+    char *out = capture(run_tests, dir, &rc);
+    ck_assert_int_eq(rc, 1);
+    ck_assert_ptr_nonnull(strstr(out, "  FAIL expects too much\n"
+                                      "      effects (- expected, + actual):\n"
+                                      "      - {kind=\"award\", points=99}\n"
+                                      "      + {kind=\"award\", points=10, reason=\"flat\"}\n"));
+    ck_assert_ptr_nonnull(strstr(out, "  ok   passes\n"));
+    ck_assert_ptr_nonnull(strstr(out, "  ok   a failing rule is an error\n"));
+    ck_assert_ptr_nonnull(strstr(out, "2 passed, 1 failed\n"));
+    free(out);
+    free(dir);
+}
+END_TEST
+
+START_TEST(test_retail_pack_passes)
+{
+    char *dir = src_path("rules/retail");
+    char *argv_test[] = {"test", dir, NULL};
+    char *argv_check[] = {"check", dir, NULL};
+    /* The commands print to stdout; keep the test log readable. */
+    ck_assert_ptr_nonnull(freopen("/dev/null", "w", stdout));
+    ck_assert_int_eq(loyd_cmd_test(2, argv_test), 0);
+    ck_assert_int_eq(loyd_cmd_check(2, argv_check), 0);
+    char *argv_bad[] = {"test", NULL};
+    ck_assert_int_eq(loyd_cmd_test(1, argv_bad), 2);
+    free(dir);
+    dir = src_path("tests/data/packs/child");
+    char *argv_child[] = {"test", dir, NULL};
+    ck_assert_int_eq(loyd_cmd_test(2, argv_child), 0);
+    free(dir);
+}
+END_TEST
+
+START_TEST(test_retail_output)
+{
+    char *dir = src_path("rules/retail");
+    int rc;
+    char *out = capture(run_tests, dir, &rc);
+    ck_assert_msg(rc == 0, "%s", out);
+    ck_assert_ptr_nonnull(strstr(out, " passed, 0 failed\n"));
+    ck_assert_ptr_null(strstr(out, "FAIL"));
+    free(out);
+    out = capture(run_check, dir, &rc);
+    ck_assert_msg(rc == 0, "%s", out);
+    ck_assert_ptr_nonnull(strstr(out, "pack retail 1.0.0: 8 rule files"));
+    free(out);
+    free(dir);
+}
+END_TEST
+
+Suite *rules_suite(void)
+{
+    Suite *s = suite_create("rules");
+    TCase *tc = tcase_create("engine");
+    tcase_add_checked_fixture(tc, NULL, teardown);
+    tcase_set_timeout(tc, 20);
+    tcase_add_test(tc, test_effect_rejections);
+    tcase_add_test(tc, test_fail_closed);
+    tcase_add_test(tc, test_caps_and_budgets);
+    tcase_add_test(tc, test_negative_policy_and_expiry);
+    tcase_add_test(tc, test_birthday_once_and_view);
+    suite_add_tcase(s, tc);
+    TCase *cli = tcase_create("commands");
+    tcase_set_timeout(cli, 30);
+    tcase_add_test(cli, test_lint_finds_problems);
+    tcase_add_test(cli, test_runner_diff);
+    tcase_add_test(cli, test_retail_pack_passes);
+    tcase_add_test(cli, test_retail_output);
+    suite_add_tcase(s, cli);
+    return s;
+}
