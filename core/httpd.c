@@ -362,8 +362,8 @@ static void conn_flush(struct conn *c)
         if (c->q_head == NULL)
             c->q_tail = NULL;
         c->q_len--;
-        bool last = !ex->keep_alive || c->h->draining ||
-                    (c->read_done && c->q_head == NULL && c->cur == NULL);
+        /* The last response says so: no further request will be read after it. */
+        bool last = !ex->keep_alive || (c->read_done && c->q_head == NULL && c->cur == NULL);
         if (last)
             c->read_done = true;
         struct wreq *w = loyd_xcalloc(1, sizeof(*w));
