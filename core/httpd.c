@@ -48,9 +48,9 @@
 
 #define READ_BUF_SIZE (64u * 1024u)
 #define LISTEN_BACKLOG 511
-#define LINGER_MS 1000u            /* how long to discard input after the last response */
+#define LINGER_MS 1000u /* how long to discard input after the last response */
 #define LINGER_MAX_BYTES (256u * 1024u)
-#define BUSY_MAX 64u               /* 503 answers in flight; beyond, close without one */
+#define BUSY_MAX 64u /* 503 answers in flight; beyond, close without one */
 #define ACCEPT_LOG_EVERY_MS 1000u
 
 enum tmode { T_NONE, T_READ, T_IDLE, T_LINGER };
@@ -65,11 +65,11 @@ struct listener {
 struct conn;
 
 struct loyd_http_exchange {
-    struct conn *conn;                           /* NULL once orphaned */
-    struct loyd_httpd *h;                        /* NULL once the server is destroyed */
-    struct loyd_http_exchange *next;             /* connection queue, request order */
-    struct loyd_http_exchange *p_prev, *p_next;  /* server's pending list */
-    struct loyd_http_request req;                /* points into raw, hdrs and body */
+    struct conn *conn;                          /* NULL once orphaned */
+    struct loyd_httpd *h;                       /* NULL once the server is destroyed */
+    struct loyd_http_exchange *next;            /* connection queue, request order */
+    struct loyd_http_exchange *p_prev, *p_next; /* server's pending list */
+    struct loyd_http_request req;               /* points into raw, hdrs and body */
 
     struct loyd_buf raw; /* target\0 name\0 value\0 ...: bounded by max_header_bytes */
     size_t *hoff;        /* name and value offsets into raw, two per header */
@@ -291,7 +291,8 @@ static void build_response(struct loyd_http_exchange *ex, int status, const char
             loyd_log_warn(HTTP, "dropping malformed response header line %zu", i);
             continue;
         }
-        if (name_is(headers[i], nlen, "content-length") || name_is(headers[i], nlen, "connection") ||
+        if (name_is(headers[i], nlen, "content-length") ||
+            name_is(headers[i], nlen, "connection") ||
             name_is(headers[i], nlen, "transfer-encoding"))
             continue;
         loyd_buf_puts(&b, headers[i]);
@@ -863,14 +864,21 @@ static void conn_reject(struct conn *c)
     int status = c->reject_status;
 
     switch (status) {
-    case 400: h->stats.status_400++; break;
-    case 413: h->stats.status_413++; break;
-    case 431: h->stats.status_431++; break;
-    default: break;
+    case 400:
+        h->stats.status_400++;
+        break;
+    case 413:
+        h->stats.status_413++;
+        break;
+    case 431:
+        h->stats.status_431++;
+        break;
+    default:
+        break;
     }
     if (status != 503)
-        loyd_log_debug(HTTP, "%s: %d %.*s", c->remote, status,
-                       (int)strcspn(c->reject_msg, "\n"), c->reject_msg);
+        loyd_log_debug(HTTP, "%s: %d %.*s", c->remote, status, (int)strcspn(c->reject_msg, "\n"),
+                       c->reject_msg);
     if (c->cur != NULL) {
         ex_free(c->cur);
         c->cur = NULL;

@@ -99,7 +99,8 @@ char *httpd_client_header(const struct httpd_client_response *r, const char *nam
         const char *end = strstr(line, "\r\n");
         if (end == NULL)
             end = line + strlen(line);
-        if ((size_t)(end - line) > nlen && line[nlen] == ':' && strncasecmp(line, name, nlen) == 0) {
+        if ((size_t)(end - line) > nlen && line[nlen] == ':' &&
+            strncasecmp(line, name, nlen) == 0) {
             const char *v = line + nlen + 1;
             while (*v == ' ')
                 v++;

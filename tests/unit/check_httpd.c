@@ -250,14 +250,14 @@ static void sleep_ms(long ms)
 }
 
 /* Polls a condition on the server for up to 5 s (a safety net, never a timing assertion). */
-#define WAIT_FOR(cond)                                                                         \
-    do {                                                                                       \
-        int waited_ = 0;                                                                       \
-        while (!(cond) && waited_ < 5000) {                                                    \
-            sleep_ms(5);                                                                       \
-            waited_ += 5;                                                                      \
-        }                                                                                      \
-        ck_assert_msg((cond), "timed out waiting for %s", #cond);                              \
+#define WAIT_FOR(cond)                                                                             \
+    do {                                                                                           \
+        int waited_ = 0;                                                                           \
+        while (!(cond) && waited_ < 5000) {                                                        \
+            sleep_ms(5);                                                                           \
+            waited_ += 5;                                                                          \
+        }                                                                                          \
+        ck_assert_msg((cond), "timed out waiting for %s", #cond);                                  \
     } while (0)
 
 static void answer_held(struct fx *f, void *arg)
@@ -395,7 +395,8 @@ START_TEST(test_one_byte_at_a_time)
     }
     ck_assert_int_eq(httpd_client_read(&c, &r), 0);
     ck_assert_int_eq(r.status, 200);
-    ck_assert_str_eq(r.body, "M=POST\nP=/slow\nQ=q=1\nR=127.0.0.1\nN=3\nX=split\nL=11\nB=hello world");
+    ck_assert_str_eq(r.body,
+                     "M=POST\nP=/slow\nQ=q=1\nR=127.0.0.1\nN=3\nX=split\nL=11\nB=hello world");
     httpd_client_response_free(&r);
     httpd_client_close(&c);
     fx_stop(&f);
@@ -817,8 +818,8 @@ START_TEST(test_http10)
     /* ...and stays open when it asks for keep-alive. */
     connect_ok(&f, &c);
     for (int i = 0; i < 2; i++) {
-        ck_assert_int_eq(httpd_client_sends(&c, "GET /ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
-                         0);
+        ck_assert_int_eq(
+            httpd_client_sends(&c, "GET /ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"), 0);
         ck_assert_int_eq(httpd_client_read(&c, &r), 0);
         ck_assert_int_eq(r.status, 200);
         ck_assert(has_header(&r, "Connection", "keep-alive"));
@@ -932,7 +933,8 @@ START_TEST(test_random_input)
         "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.1\r\n\r\n",
         "POST /e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
     };
-    static const char noise[] = "\r\n :;\t\x00\x7f\xff" "0123456789abcdefABCDEF-/?#%HTTP";
+    static const char noise[] = "\r\n :;\t\x00\x7f\xff"
+                                "0123456789abcdefABCDEF-/?#%HTTP";
     struct fx f;
     struct loyd_httpd_limits lim;
     unsigned seed = 12345;
@@ -1023,11 +1025,11 @@ START_TEST(test_stop_accepting_drains)
 END_TEST
 
 /* LOYD_TEST_ONLY=test_name runs one test (debugging aid). */
-#define ADD(fn)                                                                                \
-    do {                                                                                       \
-        const char *only_ = getenv("LOYD_TEST_ONLY");                                          \
-        if (only_ == NULL || strcmp(only_, #fn) == 0)                                          \
-            tcase_add_test(tc, fn);                                                            \
+#define ADD(fn)                                                                                    \
+    do {                                                                                           \
+        const char *only_ = getenv("LOYD_TEST_ONLY");                                              \
+        if (only_ == NULL || strcmp(only_, #fn) == 0)                                              \
+            tcase_add_test(tc, fn);                                                                \
     } while (0)
 
 Suite *httpd_suite(void)
