@@ -1189,6 +1189,7 @@ void loyd_httpd_respond(struct loyd_http_exchange *ex, int status, const char *c
 {
     LOYD_REQUIRE(ex != NULL && ex->delivered && !ex->answered); /* answer exactly once */
     LOYD_REQUIRE(body != NULL || len == 0);
+    LOYD_REQUIRE(len < UINT_MAX); /* uv_buf_t lengths are unsigned int */
     if (ex->h != NULL)
         pending_unlink(ex->h, ex);
     struct conn *c = ex->conn;

@@ -7,6 +7,7 @@
  * loyd_httpd_close() and proves uv_loop_close() returns 0.
  */
 #include <check.h>
+#include <errno.h>
 #include <pthread.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -991,6 +992,84 @@ START_TEST(test_random_input)
 }
 END_TEST
 
+static void null_handler(void *arg, struct loyd_http_exchange *ex,
+                         const struct loyd_http_request *req)
+{
+    (void)arg;
+    (void)req;
+    loyd_httpd_respond(ex, 204, NULL, NULL, 0);
+}
+
+static void count_close(void *arg)
+{
+    (*(int *)arg)++;
+}
+
+/* Listener errors, and close() with nothing open: both leave a loop that closes. */
+START_TEST(test_listen_and_close)
+{
+    uv_loop_t loop;
+    struct loyd_httpd *h;
+    int port = 0, port2 = 0, closed = 0;
+
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    ck_assert_int_eq(loyd_httpd_create(&loop, NULL, null_handler, NULL, &h), 0);
+    ck_assert_int_eq(loyd_httpd_listen(h, "not-an-address", 0, &port), -EINVAL);
+    ck_assert_int_eq(loyd_httpd_listen(h, "127.0.0.1", 70000, &port), -EINVAL);
+    ck_assert_int_eq(loyd_httpd_listen(h, "127.0.0.1", 0, &port), 0);
+    ck_assert_int_gt(port, 0);
+    ck_assert_int_eq(loyd_httpd_listen(h, "127.0.0.1", port, &port2), UV_EADDRINUSE);
+    int rc6 = loyd_httpd_listen(h, "::1", 0, &port2); /* fails only without IPv6 */
+    ck_assert(rc6 == 0 || rc6 == UV_EADDRNOTAVAIL || rc6 == UV_EAFNOSUPPORT);
+    loyd_httpd_close(h, count_close, &closed);
+    ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    ck_assert_int_eq(closed, 1);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+    loyd_httpd_destroy(h);
+
+    /* Never listened: close still reports through its callback. */
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    ck_assert_int_eq(loyd_httpd_create(&loop, NULL, null_handler, NULL, &h), 0);
+    loyd_httpd_close(h, count_close, &closed);
+    ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    ck_assert_int_eq(closed, 2);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+    loyd_httpd_destroy(h);
+}
+END_TEST
+
+static void raise_body_limit(struct fx *f, void *arg)
+{
+    (void)arg;
+    f->lim.max_body_bytes = 100;
+    loyd_httpd_set_limits(f->h, &f->lim);
+}
+
+START_TEST(test_set_limits)
+{
+    struct fx f;
+    struct httpd_client c;
+    struct loyd_httpd_limits lim;
+    const char *req = "POST /l HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n"
+                      "01234567890123456789012345678901234567890123456789";
+
+    loyd_httpd_limits_default(&lim);
+    lim.max_body_bytes = 10;
+    fx_start(&f, &lim, MODE_ECHO);
+    f.lim = lim;
+    connect_ok(&f, &c);
+    ck_assert_int_eq(httpd_client_sends(&c, req), 0);
+    expect_response(&c, 413, "request body exceeds 10 bytes\n");
+    httpd_client_close(&c);
+    fx_call(&f, raise_body_limit, NULL);
+    connect_ok(&f, &c);
+    ck_assert_int_eq(httpd_client_sends(&c, req), 0);
+    expect_response(&c, 200, NULL);
+    httpd_client_close(&c);
+    fx_stop(&f);
+}
+END_TEST
+
 static void do_stop_accepting(struct fx *f, void *arg)
 {
     (void)arg;
@@ -1058,6 +1137,8 @@ Suite *httpd_suite(void)
     ADD(test_non_reading_client_bounded);
     ADD(test_stop_accepting_drains);
     ADD(test_random_input);
+    ADD(test_listen_and_close);
+    ADD(test_set_limits);
     suite_add_tcase(s, tc);
     return s;
 }
