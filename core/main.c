@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "emulate.h"
+#include "rules.h"
 #include "log.h"
 
 #define LOYD_VERSION "0.1.0"
@@ -13,6 +15,9 @@ static const char usage[] =
     "usage: loyd COMMAND [ARGS]\n"
     "\n"
     "  serve -c FILE            run the daemon with the config FILE\n"
+    "  check PACK_DIR           compile, validate and lint a rule pack\n"
+    "  test PACK_DIR            run a rule pack's offline tests\n"
+    "  emulate CRM [--listen HOST:PORT]   run an offline CRM emulator (bitrix24)\n"
     "  version                  print the version\n"
     "\n"
     "Run 'loyd COMMAND --help' for a command's options.\n";
@@ -45,6 +50,9 @@ static const struct {
     int (*run)(int argc, char **argv);
 } commands[] = {
     {"serve", cmd_serve},
+    {"check", loyd_cmd_check},
+    {"test", loyd_cmd_test},
+    {"emulate", loyd_cmd_emulate},
 };
 
 int main(int argc, char **argv)

@@ -134,12 +134,12 @@ END_TEST
 START_TEST(test_path_secret)
 {
     loyd_e2e_write(dir, "tenants.d/acme.conf",
-                   "connector = \"bitrix24\"\npack = \"retail\"\npath_secret = \"s3cr3t-path\"\n");
+                   "connector = \"bitrix24\"\npack = \"retail\"\npath_secret = \"s3cr3t-path-0123456789\"\n");
     int port = start();
 
     ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme", FORM, "a=1", 3, NULL), 401);
-    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme/s3cr3t-patH", FORM, "a=1", 3, NULL), 401);
-    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme/s3cr3t-path", FORM, "a=1", 3, NULL), 200);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme/s3cr3t-path-012345678X", FORM, "a=1", 3, NULL), 401);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme/s3cr3t-path-0123456789", FORM, "a=1", 3, NULL), 200);
     char *log = loyd_e2e_log(&proc);
     ck_assert_ptr_null(strstr(log, "s3cr3t"));
     free(log);

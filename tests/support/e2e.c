@@ -97,15 +97,17 @@ int loyd_e2e_wait_port(struct loyd_proc *p, int timeout_ms)
 {
     for (int waited = 0; waited < timeout_ms; waited += 20) {
         char *log = loyd_e2e_log(p);
-        const char *at = strstr(log, "listening on ");
         int port = -1;
-        if (at != NULL) {
-            const char *nl = strchr(at, '\n');
-            const char *colon = NULL;
-            for (const char *c = at; c < (nl ? nl : at + strlen(at)); c++)
+        /* The daemon's "listening on HOST:PORT" line (other lines may say "listening" too). */
+        for (const char *at = strstr(log, "listening on "); at != NULL && port < 0;
+             at = strstr(at + 1, "listening on ")) {
+            const char *nl = strchr(at, '\n'), *colon = NULL;
+            if (nl == NULL)
+                break;
+            for (const char *c = at; c < nl; c++)
                 if (*c == ':')
                     colon = c;
-            if (colon != NULL && nl != NULL)
+            if (colon != NULL && colon[1] >= '0' && colon[1] <= '9')
                 port = atoi(colon + 1);
         }
         free(log);
