@@ -27,7 +27,8 @@ WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter \
         -Werror=implicit-function-declaration -Werror=format-security
 CFLAGS ?= $(OPT) -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SANFLAGS) -Icore -Icore/include -Itests/support \
-              -I$(BUILD)/gen $(PKG_CFLAGS) -MMD -MP
+              -I$(BUILD)/gen $(PKG_CFLAGS) -MMD -MP \
+              -DLOYD_PACKS_DIR='"$(PREFIX)/share/loyd/rules"'
 LDLIBS := $(PKG_LIBS) -lhttp_parser -ldl -lm -lpthread
 ifeq ($(SAN),1)
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -32,6 +32,8 @@ static void stop(struct loyd_proc *p)
 
 static void teardown(void)
 {
+    loyd_e2e_assert_clean(&emu);
+    loyd_e2e_assert_clean(&daemon_proc);
     stop(&emu);
     stop(&daemon_proc);
     char cmd[600];

@@ -43,6 +43,7 @@ static void setup(void)
 
 static void teardown(void)
 {
+    loyd_e2e_assert_clean(&proc);
     if (proc.pid > 0) {
         kill(proc.pid, SIGKILL);
         loyd_e2e_wait_exit(&proc, 5000);

@@ -3,6 +3,7 @@
 #include "e2e.h"
 
 #include <arpa/inet.h>
+#include <stdbool.h>
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -189,4 +190,15 @@ int loyd_e2e_http(int port, const char *method, const char *path, const char *he
     }
     free(buf);
     return status;
+}
+
+void loyd_e2e_assert_clean(const struct loyd_proc *p)
+{
+    if (p->log[0] == '\0')
+        return;
+    char *log = loyd_e2e_log(p);
+    bool dirty = strstr(log, "Sanitizer") != NULL || strstr(log, "runtime error") != NULL;
+    if (dirty)
+        ck_abort_msg("sanitizer report in %s:\n%s", p->log, log);
+    free(log);
 }

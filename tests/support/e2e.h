@@ -32,6 +32,8 @@ char *loyd_e2e_log(const struct loyd_proc *p);
  */
 int loyd_e2e_http(int port, const char *method, const char *path, const char *headers,
                   const char *body, size_t body_len, char **resp_body);
+/** Fails the test if the child's log holds a sanitizer report (the ASan build's children). */
+void loyd_e2e_assert_clean(const struct loyd_proc *p);
 /** Connects to 127.0.0.1:port; @return a blocking socket or -1. */
 int loyd_e2e_connect(int port);
 
