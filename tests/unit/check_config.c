@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "pack.h"
 #include "luadata.h"
 
 static char tmpdir[256];
@@ -787,6 +788,16 @@ START_TEST(test_sample_tenant_loads)
     ck_assert_str_eq(json_string_value(json_object_get(t->crm, "application_token")),
                      "app-token-0000");
     ck_assert(json_is_true(json_object_get(t->secrets, "crm.webhook_token")));
+    /* The sample's settings overrides are valid for the stock pack it names. */
+    struct loyd_pack *pack = NULL;
+    json_t *settings = NULL;
+    rc = loyd_pack_load(src_path("rules/retail"), NULL, &pack, &err);
+    ck_assert_msg(rc == 0, "%s", err.data);
+    rc = loyd_pack_settings(pack, t->settings, t->path, &settings, &err);
+    ck_assert_msg(rc == 0, "%s", err.data);
+    ck_assert_int_eq(json_integer_value(json_object_get(settings, "birthday_discount_pct")), 10);
+    json_decref(settings);
+    loyd_pack_destroy(pack);
     loyd_tenant_config_free(t);
     loyd_buf_free(&text);
     loyd_buf_free(&err);
