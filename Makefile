@@ -46,7 +46,7 @@ EXT_OBJ := $(call obj,$(EXT_SRC))
 TEST_OBJ := $(call obj,$(TEST_SRC))
 PLUGIN_SO := $(BUILD)/plugins/example.so $(BUILD)/plugins/example_bad_abi.so
 
-.PHONY: all check asan bench install clean deps format format-check demo
+.PHONY: all check asan bench install clean deps format format-check
 all: $(BUILD)/loyd $(PLUGIN_SO)
 
 $(BUILD)/loyd: $(call obj,core/main.c) $(CORE_OBJ) $(EXT_OBJ)
@@ -112,9 +112,6 @@ asan:
 
 bench: $(BUILD)/loyd
 	tests/bench/run.sh $(BUILD)
-
-demo: $(BUILD)/loyd
-	$(BUILD)/loyd demo
 
 install: $(BUILD)/loyd
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/loyd/rules
