@@ -3,7 +3,6 @@
 #   make            build $(BUILD)/loyd and the example plugin shared objects
 #   make check      build and run every test (unit, plugin, connector, end-to-end)
 #   make asan       the whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer
-#   make bench      benchmarks (not part of check); results go to docs/BENCHMARKS.md
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make deps       install the Debian packages loyd needs (idempotent)
 
@@ -46,7 +45,7 @@ EXT_OBJ := $(call obj,$(EXT_SRC))
 TEST_OBJ := $(call obj,$(TEST_SRC))
 PLUGIN_SO := $(BUILD)/plugins/example.so $(BUILD)/plugins/example_bad_abi.so
 
-.PHONY: all check asan bench install clean deps format format-check
+.PHONY: all check asan install clean deps format format-check
 all: $(BUILD)/loyd $(PLUGIN_SO)
 
 $(BUILD)/loyd: $(call obj,core/main.c) $(CORE_OBJ) $(EXT_OBJ)
@@ -109,9 +108,6 @@ check: $(BUILD)/tests/loyd_tests $(BUILD)/loyd $(PLUGIN_SO)
 
 asan:
 	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 check
-
-bench: $(BUILD)/loyd
-	tests/bench/run.sh $(BUILD)
 
 install: $(BUILD)/loyd
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/loyd/rules
