@@ -648,15 +648,6 @@ int loyd_config_validate_fields(const char *file, const char *prefix,
 
 /* ---- helpers for the loaders ------------------------------------------------------------- */
 
-static char *dir_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    if (slash == NULL)
-        return loyd_xstrdup(".");
-    if (slash == path)
-        return loyd_xstrdup("/");
-    return loyd_xstrndup(path, (size_t)(slash - path));
-}
 
 static char *resolve(const char *dir, const char *p)
 {
@@ -803,7 +794,7 @@ int loyd_config_load(const char *path, struct loyd_config **out, struct loyd_buf
 
     c = loyd_xcalloc(1, sizeof(*c));
     c->path = loyd_xstrdup(path);
-    c->dir = dir_of(path);
+    c->dir = loyd_dirname(path);
     c->raw = d.value;
     c->secrets = d.secrets;
     c->lines = d.lines;
@@ -912,7 +903,7 @@ int loyd_tenant_config_load(const char *path, struct loyd_tenant_config **out, s
     t = loyd_xcalloc(1, sizeof(*t));
     t->name = name;
     t->path = loyd_xstrdup(path);
-    t->dir = dir_of(path);
+    t->dir = loyd_dirname(path);
     t->connector = loyd_xstrdup(get_str(d.value, "connector"));
     t->crm = json_incref(json_object_get(d.value, "crm"));
     t->pack = loyd_xstrdup(get_str(d.value, "pack"));

@@ -4,6 +4,7 @@
  * rows that award, redeem, reverse and expire write.  Everything is derived from the rows, so
  * the same functions serve the daemon, `loyd test`, replay and "why".
  */
+#include "civil_date.h"
 #include "ledger.h"
 
 #include <errno.h>
@@ -15,29 +16,6 @@ static const char *const kinds[] = {"award", "redeem", "expire", "reverse", "adj
 
 /* ---- dates ---------------------------------------------------------------------------------- */
 
-/* Civil-date <-> day-number conversions (H. Hinnant's algorithms), proleptic Gregorian. */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
-{
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    unsigned doe = (unsigned)(z - era * 146097);
-    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    unsigned mp = (5 * doy + 2) / 153;
-    *d = doy - (153 * mp + 2) / 5 + 1;
-    *m = mp < 10 ? mp + 3 : mp - 9;
-    *y = (int64_t)yoe + era * 400 + (*m <= 2);
-}
 
 static int64_t floor_div(int64_t a, int64_t b)
 {
@@ -49,7 +27,7 @@ void loyd_date_format(int64_t ms, int tz_offset_min, char out[11])
     int64_t y;
     unsigned m, d;
 
-    civil_from_days(floor_div(ms + (int64_t)tz_offset_min * 60000, LOYD_DAY_MS), &y, &m, &d);
+    loyd_civil_from_days(floor_div(ms + (int64_t)tz_offset_min * 60000, LOYD_DAY_MS), &y, &m, &d);
     if (y < 0 || y > 9999)
         y = y < 0 ? 0 : 9999;
     snprintf(out, 11, "%04d-%02u-%02u", (int)y, m % 100, d % 100);
@@ -74,7 +52,7 @@ int loyd_date_parse(const char *s, int tz_offset_min, int64_t *ms)
         return -EINVAL;
     if (v[1] == 2 && v[2] == 29 && !((v[0] % 4 == 0 && v[0] % 100 != 0) || v[0] % 400 == 0))
         return -EINVAL;
-    *ms = days_from_civil(v[0], v[1], v[2]) * LOYD_DAY_MS - (int64_t)tz_offset_min * 60000;
+    *ms = loyd_days_from_civil(v[0], v[1], v[2]) * LOYD_DAY_MS - (int64_t)tz_offset_min * 60000;
     return 0;
 }
 
@@ -92,9 +70,9 @@ void loyd_date_month_bounds(int64_t ms, int tz_offset_min, int64_t *from, int64_
     int64_t off = (int64_t)tz_offset_min * 60000, y;
     unsigned m, d;
 
-    civil_from_days(floor_div(ms + off, LOYD_DAY_MS), &y, &m, &d);
-    *from = days_from_civil(y, m, 1) * LOYD_DAY_MS - off;
-    *to = days_from_civil(m == 12 ? y + 1 : y, m == 12 ? 1 : m + 1, 1) * LOYD_DAY_MS - off;
+    loyd_civil_from_days(floor_div(ms + off, LOYD_DAY_MS), &y, &m, &d);
+    *from = loyd_days_from_civil(y, m, 1) * LOYD_DAY_MS - off;
+    *to = loyd_days_from_civil(m == 12 ? y + 1 : y, m == 12 ? 1 : m + 1, 1) * LOYD_DAY_MS - off;
 }
 
 /* ---- rows ----------------------------------------------------------------------------------- */

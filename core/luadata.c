@@ -1088,15 +1088,6 @@ int loyd_luadata_load_buffer(const char *name, const char *dir, const char *src,
     return rc;
 }
 
-static char *dir_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    if (slash == NULL)
-        return loyd_xstrdup(".");
-    if (slash == path)
-        return loyd_xstrdup("/");
-    return loyd_xstrndup(path, (size_t)(slash - path));
-}
 
 int loyd_luadata_load_ex(const char *path, size_t max_bytes, struct loyd_luadata *out,
                          struct loyd_buf *err)
@@ -1121,7 +1112,7 @@ int loyd_luadata_load_ex(const char *path, size_t max_bytes, struct loyd_luadata
         loyd_buf_printf(err, "%s: %s\n", path, strerror(-rc));
         return rc;
     }
-    dir = dir_of(path);
+    dir = loyd_dirname(path);
     rc = loyd_luadata_load_buffer(path, dir, src, len, out, err);
     free(src);
     free(dir);

@@ -9,6 +9,7 @@
  * Every use of the Lua API that may allocate runs inside lua_pcall (run_protected); outside it
  * only non-allocating calls are made, so the panic handler (log + abort) is never reached.
  */
+#include "civil_date.h"
 #include "sandbox.h"
 
 #include <errno.h>
@@ -431,29 +432,6 @@ static int l_math_random(lua_State *L)
 
 /* ---- the loyd table: clock and dates --------------------------------------------------- */
 
-/* Civil-date <-> day-number conversions (H. Hinnant's algorithms), proleptic Gregorian. */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
-{
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    unsigned doe = (unsigned)(z - era * 146097);
-    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    unsigned mp = (5 * doy + 2) / 153;
-    *d = doy - (153 * mp + 2) / 5 + 1;
-    *m = mp < 10 ? mp + 3 : mp - 9;
-    *y = (int64_t)yoe + era * 400 + (*m <= 2);
-}
 
 static int64_t check_date(lua_State *L, int arg)
 {
@@ -474,7 +452,7 @@ static int64_t check_date(lua_State *L, int arg)
         ok = (v[0] % 4 == 0 && v[0] % 100 != 0) || v[0] % 400 == 0;
     if (!ok)
         luaL_argerror(L, arg, "date must be a valid YYYY-MM-DD");
-    return days_from_civil(v[0], v[1], v[2]);
+    return loyd_days_from_civil(v[0], v[1], v[2]);
 }
 
 static int push_date(lua_State *L, int64_t days)
@@ -485,7 +463,7 @@ static int push_date(lua_State *L, int64_t days)
     /* 0000-01-01 .. 9999-12-31 keeps the format fixed-width. */
     if (days < -719528 || days > 2932896)
         return luaL_error(L, "date out of range (years 0000..9999)");
-    civil_from_days(days, &y, &m, &d);
+    loyd_civil_from_days(days, &y, &m, &d);
     char buf[32];
     snprintf(buf, sizeof(buf), "%04d-%02u-%02u", (int)y, m, d);
     lua_pushstring(L, buf);

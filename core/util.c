@@ -154,3 +154,13 @@ uint64_t loyd_wall_ms(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
+
+char *loyd_dirname(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        return loyd_xstrdup(".");
+    if (slash == path)
+        return loyd_xstrdup("/");
+    return loyd_xstrndup(path, (size_t)(slash - path));
+}

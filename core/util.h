@@ -52,6 +52,9 @@ void loyd_buf_printf(struct loyd_buf *b, const char *fmt, ...) LOYD_PRINTF(2, 3)
 void loyd_buf_reset(struct loyd_buf *b);
 void loyd_buf_free(struct loyd_buf *b);
 
+/** @return new string: the directory part of @p path ("." when it has none). */
+char *loyd_dirname(const char *path);
+
 /** Monotonic clock in milliseconds. */
 uint64_t loyd_mono_ms(void);
 /** Wall clock in milliseconds since the epoch. */
