@@ -97,12 +97,12 @@ static json_t *ledger_rows(const json_t *stored)
     size_t i;
     json_array_foreach(stored, i, r)
     {
-        json_t *o = json_pack("{s:I, s:s?, s:s?, s:I, s:I, s:I, s:I}", "id",
-                              (json_int_t)ifield(r, "id"), "member_id", sfield(r, "member_id"),
-                              "kind", sfield(r, "kind"), "points", (json_int_t)ifield(r, "points"),
-                              "at", (json_int_t)ifield(r, "created_ms"), "expires_ms",
-                              (json_int_t)ifield(r, "expires_ms"), "lot_id",
-                              (json_int_t)ifield(r, "lot_id"));
+        json_t *o =
+            json_pack("{s:I, s:s?, s:s?, s:I, s:I, s:I, s:I}", "id", (json_int_t)ifield(r, "id"),
+                      "member_id", sfield(r, "member_id"), "kind", sfield(r, "kind"), "points",
+                      (json_int_t)ifield(r, "points"), "at", (json_int_t)ifield(r, "created_ms"),
+                      "expires_ms", (json_int_t)ifield(r, "expires_ms"), "lot_id",
+                      (json_int_t)ifield(r, "lot_id"));
         if (o == NULL) {
             json_decref(rows);
             return NULL;

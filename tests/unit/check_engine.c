@@ -170,8 +170,9 @@ START_TEST(test_retail_flow)
     json_decref(ob);
 
     /* Reopened: the cashback is reversed. */
-    ck_assert_int_eq(process(e, "{\"type\":\"deal.reopened\",\"key\":\"deal:7:reopened\","
-                                "\"at\":1772366600000,\"deal\":{\"id\":\"7\",\"contact_id\":\"43\"}}"),
+    ck_assert_int_eq(process(e,
+                             "{\"type\":\"deal.reopened\",\"key\":\"deal:7:reopened\","
+                             "\"at\":1772366600000,\"deal\":{\"id\":\"7\",\"contact_id\":\"43\"}}"),
                      0);
     ck_assert_int_eq(balance("acme", "43"), 500);
     ck_assert_int_eq(loyd_store_member_get(st, "acme", "43", &m), 0);
@@ -224,8 +225,12 @@ START_TEST(test_store_remaps_provisional)
 {
     struct res r = {0};
     struct loyd_ledger_entry pre = {.points = 5, .kind = "award"};
-    struct loyd_apply a0 = {.tenant = "x", .event_key = "e0", .event_type = "tick",
-                            .member_id = "m", .ledger = &pre, .n_ledger = 1};
+    struct loyd_apply a0 = {.tenant = "x",
+                            .event_key = "e0",
+                            .event_type = "tick",
+                            .member_id = "m",
+                            .ledger = &pre,
+                            .n_ledger = 1};
     ck_assert_int_eq(loyd_store_apply(st, &a0, on_done, &r), 0);
     wait_for(&r.done, 1);
     ck_assert_int_eq(r.err, 0);
@@ -234,8 +239,12 @@ START_TEST(test_store_remaps_provisional)
         {.points = -40, .kind = "redeem", .lot_id = 1000, .provisional_id = 1001},
         {.points = -1, .kind = "redeem", .lot_id = 1},
     };
-    struct loyd_apply a = {.tenant = "x", .event_key = "e1", .event_type = "tick",
-                           .member_id = "m", .ledger = rows, .n_ledger = 3};
+    struct loyd_apply a = {.tenant = "x",
+                           .event_key = "e1",
+                           .event_type = "tick",
+                           .member_id = "m",
+                           .ledger = rows,
+                           .n_ledger = 3};
     ck_assert_int_eq(loyd_store_apply(st, &a, on_done, &r), 0);
     wait_for(&r.done, 2);
     ck_assert_int_eq(r.err, 0);
@@ -275,8 +284,8 @@ END_TEST
 START_TEST(test_bad_input)
 {
     struct loyd_engine *e = engine("acme", "rules/retail");
-    json_t *ev = json_loads("{\"type\":\"deal.won\",\"key\":\"k\",\"deal\":{\"id\":\"1\"}}", 0,
-                            NULL);
+    json_t *ev =
+        json_loads("{\"type\":\"deal.won\",\"key\":\"k\",\"deal\":{\"id\":\"1\"}}", 0, NULL);
     struct res r = {0};
     ck_assert_int_eq(loyd_engine_process(e, st, ev, 0, on_done, &r), -EINVAL); /* no member */
     json_decref(ev);
