@@ -148,6 +148,10 @@ struct loyd_ledger_entry {
     uint64_t expires_ms;   /* 0: never */
     int64_t lot_id;        /* 0 for awards; required for redeem/expire/reverse */
     const char *ref;       /* e.g. the deal id; may be NULL */
+    /* 0: none.  The rule engine numbers new rows provisionally (ledger.h); when lot_id equals
+     * the provisional_id of an EARLIER entry of the same apply, the writer draws on that row's
+     * real id (assigned in the same transaction) instead of an existing lot. */
+    int64_t provisional_id;
 };
 
 struct loyd_outbox_item {

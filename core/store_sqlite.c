@@ -820,7 +820,7 @@ static int w_inbox_done(struct sq_store *s, int64_t inbox_id, uint64_t now)
     return st_exec(s->wdb, st);
 }
 
-static int w_apply(struct sq_store *s, struct op *op)
+static int w_apply_ids(struct sq_store *s, struct op *op, int64_t *real_ids)
 {
     const struct loyd_apply *a = &op->u.apply;
     uint64_t now = a->applied_ms;
@@ -862,10 +862,17 @@ static int w_apply(struct sq_store *s, struct op *op)
     for (size_t i = 0; i < a->n_ledger; i++) {
         const struct loyd_ledger_entry *e = &a->ledger[i];
         const char *member = e->member_id != NULL ? e->member_id : a->member_id;
-        if (e->lot_id != 0) {
+        int64_t lot_id = e->lot_id;
+        for (size_t j = 0; lot_id != 0 && j < i; j++) {
+            if (a->ledger[j].provisional_id != 0 && a->ledger[j].provisional_id == e->lot_id) {
+                lot_id = real_ids[j];
+                break;
+            }
+        }
+        if (lot_id != 0) {
             if ((err = wprep(s, W_LOT_CHECK, &st)) != 0)
                 return err;
-            bind_i64(st, 1, e->lot_id);
+            bind_i64(st, 1, lot_id);
             bind_text(st, 2, a->tenant);
             bind_text(st, 3, member);
             if ((err = st_int(s->wdb, st, &id)) == -ENOENT) {
@@ -887,12 +894,13 @@ static int w_apply(struct sq_store *s, struct op *op)
         bind_i64(st, 5, e->points);
         bind_text(st, 6, e->reason);
         bind_opt(st, 7, e->expires_ms > INT64_MAX ? INT64_MAX : (int64_t)e->expires_ms);
-        bind_opt(st, 8, e->lot_id);
+        bind_opt(st, 8, lot_id);
         bind_text(st, 9, e->ref);
         bind_ms(st, 10, now);
         bind_text(st, 11, a->pack_version);
         if ((err = st_exec(s->wdb, st)) != 0)
             return err;
+        real_ids[i] = (int64_t)sqlite3_last_insert_rowid(s->wdb);
     }
     for (size_t i = 0; i < a->n_outbox; i++) {
         const struct loyd_outbox_item *o = &a->outbox[i];
@@ -907,6 +915,18 @@ static int w_apply(struct sq_store *s, struct op *op)
             return err;
     }
     return w_inbox_done(s, a->inbox_id, now);
+}
+
+/* Real ids of the rows inserted so far, for entries that draw on a lot of the same apply. */
+static int w_apply(struct sq_store *s, struct op *op)
+{
+    size_t n = op->u.apply.n_ledger;
+    int64_t *ids = calloc(n > 0 ? n : 1, sizeof(*ids));
+    if (ids == NULL)
+        return -ENOMEM;
+    int err = w_apply_ids(s, op, ids);
+    free(ids);
+    return err;
 }
 
 static int w_op(struct sq_store *s, struct op *op)

@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The host step: applies one canonical event for one tenant, exactly once.  A struct
+ * loyd_engine holds a tenant's loaded pack (its rules sandbox), effective settings, time zone
+ * offset and pack version.  loyd_engine_process() reads the member, its ledger and purchase
+ * history from the store, evaluates the rules (rules.h) and writes the result with ONE
+ * loyd_store_apply(): the event row (unique per tenant and event key: a second delivery is a
+ * no-op reported as LOYD_EDUP), the ledger rows (new rows' provisional ids are remapped by the
+ * store, see struct loyd_ledger_entry), the member row, the write-backs and the trace.
+ *
+ * The member is named by the event: contact.id, else deal.contact_id, else member_id.
+ * The member row's profile JSON holds {tier, birthday, referrer, attributes,
+ * last_birthday_offer_year, purchases:[{deal_id, amount, currency, at}]}; birthday and referrer
+ * are taken from the event's contact when the profile has none.
+ *
+ * Not done yet: campaign totals (budgets) are not tracked across events (the store has no
+ * campaign column), so loyd_rules_eval gets none; a ledger row's "campaign" is not stored.
+ *
+ * Threading: the loop thread (the store's), one engine used by one thread at a time.
+ */
+#ifndef LOYD_ENGINE_H
+#define LOYD_ENGINE_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "loyd/error.h"
+#include "sandbox.h"
+#include "store.h"
+#include "util.h"
+
+struct loyd_engine;
+
+/**
+ * Loads the pack in @p pack_dir (extends resolved through @p search_path, may be NULL), applies
+ * @p settings_overrides (borrowed, may be NULL) and loads the rules into a sandbox with @p lim
+ * (may be NULL: defaults).  @p tenant is copied.
+ * @return 0 and *out; the pack/settings/rules error (LOYD_EPARSE, LOYD_ECONFIG, LOYD_ERULE, ...)
+ *         with lines in @p err; -EINVAL (missing tenant or dir).
+ */
+LOYD_MUST_CHECK int loyd_engine_create(const char *tenant, const char *pack_dir,
+                                       const char *search_path, const json_t *settings_overrides,
+                                       int tz_offset_min, const struct loyd_sandbox_limits *lim,
+                                       struct loyd_engine **out, struct loyd_buf *err);
+/** Accepts NULL. */
+void loyd_engine_destroy(struct loyd_engine *e);
+
+/** Borrowed: the tenant name, the effective settings, the pack version. */
+const char *loyd_engine_tenant(const struct loyd_engine *e);
+const json_t *loyd_engine_settings(const struct loyd_engine *e);
+const char *loyd_engine_pack_version(const struct loyd_engine *e);
+
+/**
+ * Processes @p event (borrowed canonical event {type, key, at, deal?, contact?}; "at" defaults
+ * to now) that came from inbox row @p inbox_id (0: none, e.g. the scheduler).
+ * On success the whole result is submitted as one loyd_store_apply and @p cb(@p arg, err) runs
+ * after the commit with 0, LOYD_EDUP (the event was applied before: nothing changed, the inbox
+ * row is marked done) or the store's error.
+ * When a rule fails (raises, runs out of instructions/time/memory, returns a bad value) nothing
+ * is applied: a dead letter (kind "event", ref = the event key, payload = the event, error =
+ * message and traceback) is written and @p cb gets LOYD_ERULE, LOYD_EBUDGET, LOYD_ERULEMEM or
+ * LOYD_EEFFECT after it is stored.  The inbox row is left as it is (the caller finishes it).
+ * The engine stays usable for later events after any failure.
+ * @return 0 (cb will be called exactly once); -EINVAL (no type/key/member id, unknown event
+ *         type, bad stored data: nothing written, cb not called); a store read error;
+ *         -ECANCELED (store closing).
+ */
+LOYD_MUST_CHECK int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s,
+                                        const json_t *event, int64_t inbox_id, loyd_store_cb cb,
+                                        void *arg);
+
+#endif

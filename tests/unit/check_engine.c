@@ -1,0 +1,319 @@
+/* SPDX-License-Identifier: MIT */
+/* The host step (core/engine.h): exactly-once apply of canonical events against a temp store. */
+#include <check.h>
+#include <errno.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "store.h"
+#include "util.h"
+
+#define T0 1772366400000LL /* 2026-03-01 12:00 UTC */
+
+static char dir[PATH_MAX - 64];
+static char dbpath[PATH_MAX];
+static uv_loop_t loop;
+static struct loyd_store *st;
+
+struct res {
+    int done, err;
+};
+
+static void on_done(void *arg, int err)
+{
+    struct res *r = arg;
+    r->done++;
+    r->err = err;
+}
+
+static void wait_for(int *done, int n)
+{
+    while (*done < n) {
+        int alive = uv_run(&loop, UV_RUN_ONCE);
+        if (!alive && *done < n)
+            ck_abort_msg("loop idle while waiting for a callback");
+    }
+}
+
+static void on_closed(void *arg)
+{
+    (*(int *)arg)++;
+}
+
+static void setup(void)
+{
+    snprintf(dir, sizeof(dir), "%s/loyd-engine-XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(dbpath, sizeof(dbpath), "%s/loyd.db", dir);
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    ck_assert_int_eq(loyd_store_open(&loop, dbpath, &st), 0);
+}
+
+static void teardown(void)
+{
+    int closed = 0;
+    loyd_store_close(st, on_closed, &closed);
+    wait_for(&closed, 1);
+    loyd_store_destroy(st);
+    st = NULL;
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+    char *cmd = loyd_xasprintf("rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    free(cmd);
+}
+
+static char *src_path(const char *rel)
+{
+    const char *src = getenv("LOYD_SRC");
+    return loyd_xasprintf("%s/%s", src != NULL ? src : ".", rel);
+}
+
+static struct loyd_engine *engine(const char *tenant, const char *pack_rel)
+{
+    char *p = src_path(pack_rel);
+    struct loyd_buf err = {0};
+    struct loyd_engine *e = NULL;
+    struct loyd_sandbox_limits lim = {.instructions = 1000000, .wall_ms = 2000};
+    int rc = loyd_engine_create(tenant, p, NULL, NULL, 0, &lim, &e, &err);
+    ck_assert_msg(rc == 0, "%s", err.data ? err.data : "?");
+    loyd_buf_free(&err);
+    free(p);
+    return e;
+}
+
+/* Processes @text; returns the callback's code. */
+static int process(struct loyd_engine *e, const char *text)
+{
+    json_error_t jerr;
+    json_t *ev = json_loads(text, 0, &jerr);
+    ck_assert_msg(ev != NULL, "%s", jerr.text);
+    struct res r = {0};
+    int rc = loyd_engine_process(e, st, ev, 0, on_done, &r);
+    json_decref(ev);
+    ck_assert_int_eq(rc, 0);
+    wait_for(&r.done, 1);
+    ck_assert_int_eq(r.done, 1);
+    return r.err;
+}
+
+static int64_t balance(const char *tenant, const char *member)
+{
+    int64_t b = -1;
+    ck_assert_int_eq(loyd_store_balance(st, tenant, member, &b), 0);
+    return b;
+}
+
+static int64_t raw_int(const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    ck_assert_int_eq(sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return v;
+}
+
+#define CREATED(id)                                                                                \
+    "{\"type\":\"contact.created\",\"key\":\"contact:" id ":created\",\"at\":1772366400000,"       \
+    "\"contact\":{\"id\":\"" id "\"}}"
+#define WON(deal, amount, redeem)                                                                  \
+    "{\"type\":\"deal.won\",\"key\":\"deal:" deal ":won\",\"at\":1772366500000,"                   \
+    "\"deal\":{\"id\":\"" deal "\",\"amount\":" amount ",\"currency\":\"RUB\","                    \
+    "\"contact_id\":\"43\",\"redeem_points\":" redeem "}}"
+
+START_TEST(test_retail_flow)
+{
+    struct loyd_engine *e = engine("acme", "rules/retail");
+    ck_assert_str_eq(loyd_engine_pack_version(e), "1.0.0");
+    ck_assert_int_eq(process(e, CREATED("43")), 0);
+    ck_assert_int_eq(balance("acme", "43"), 500);
+
+    /* Cashback: 3% of 100000 at bronze. */
+    ck_assert_int_eq(process(e, WON("7", "100000", "0")), 0);
+    ck_assert_int_eq(balance("acme", "43"), 3500);
+    /* The same event again: a no-op. */
+    ck_assert_int_eq(process(e, WON("7", "100000", "0")), LOYD_EDUP);
+    ck_assert_int_eq(balance("acme", "43"), 3500);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM ledger"), 2);
+
+    /* The purchase is in the member's history. */
+    json_t *m = NULL;
+    ck_assert_int_eq(loyd_store_member_get(st, "acme", "43", &m), 0);
+    json_t *pur = json_object_get(json_object_get(m, "profile"), "purchases");
+    ck_assert_int_eq(json_array_size(pur), 1);
+    json_decref(m);
+
+    /* The trace is stored with the event. */
+    json_t *ev = NULL;
+    ck_assert_int_eq(loyd_store_event_get(st, "acme", "deal:7:won", &ev), 0);
+    json_t *tr = json_object_get(ev, "trace");
+    ck_assert_int_ge(json_array_size(json_object_get(tr, "handlers")), 1);
+    ck_assert_int_ge(json_array_size(json_object_get(tr, "accepted")), 1);
+    ck_assert(json_is_array(json_object_get(tr, "rejected")));
+    ck_assert_str_eq(json_string_value(json_object_get(ev, "pack_version")), "1.0.0");
+    json_decref(ev);
+
+    /* A write-back was queued. */
+    json_t *ob = NULL;
+    ck_assert_int_eq(loyd_store_outbox_pending(st, "acme", UINT64_MAX / 2, 100, &ob), 0);
+    ck_assert_int_ge(json_array_size(ob), 1);
+    json_decref(ob);
+
+    /* Reopened: the cashback is reversed. */
+    ck_assert_int_eq(process(e,
+                             "{\"type\":\"deal.reopened\",\"key\":\"deal:7:reopened\","
+                             "\"at\":1772366600000,\"deal\":{\"id\":\"7\",\"contact_id\":\"43\"}}"),
+                     0);
+    ck_assert_int_eq(balance("acme", "43"), 500);
+    ck_assert_int_eq(loyd_store_member_get(st, "acme", "43", &m), 0);
+    pur = json_object_get(json_object_get(m, "profile"), "purchases");
+    ck_assert_int_eq(json_array_size(pur), 0);
+    json_decref(m);
+    loyd_engine_destroy(e);
+}
+END_TEST
+
+/* Ledger ids are global: a redeem in a later event names the real id of the lot. */
+START_TEST(test_redeem_real_lot_id)
+{
+    struct loyd_engine *other = engine("other", "rules/retail");
+    struct loyd_engine *e = engine("acme", "rules/retail");
+    ck_assert_int_eq(process(other, CREATED("1")), 0);
+    ck_assert_int_eq(process(other, CREATED("2")), 0);
+    ck_assert_int_eq(process(e, CREATED("43")), 0);
+    json_t *rows = NULL;
+    ck_assert_int_eq(loyd_store_ledger_list(st, "acme", "43", &rows), 0);
+    ck_assert_int_eq(json_array_size(rows), 1);
+    int64_t lot = json_integer_value(json_object_get(json_array_get(rows, 0), "id"));
+    ck_assert_int_eq(lot, 3); /* provisional id was 1 */
+    json_decref(rows);
+
+    /* Pay 100 points on a 10000 deal: a redeem from the welcome lot, then cashback. */
+    ck_assert_int_eq(process(e, WON("9", "10000", "100")), 0);
+    ck_assert_int_eq(loyd_store_ledger_list(st, "acme", "43", &rows), 0);
+    int found = 0;
+    size_t i;
+    json_t *r;
+    json_array_foreach(rows, i, r)
+    {
+        if (strcmp(json_string_value(json_object_get(r, "kind")), "redeem") == 0) {
+            ck_assert_int_eq(json_integer_value(json_object_get(r, "lot_id")), lot);
+            ck_assert_int_eq(json_integer_value(json_object_get(r, "points")), -100);
+            found++;
+        }
+    }
+    ck_assert_int_eq(found, 1);
+    json_decref(rows);
+    ck_assert_int_eq(balance("acme", "43"), 500 - 100 + 297);
+    loyd_engine_destroy(e);
+    loyd_engine_destroy(other);
+}
+END_TEST
+
+/* The store remaps a lot_id naming a provisional id of an earlier entry of the same apply. */
+START_TEST(test_store_remaps_provisional)
+{
+    struct res r = {0};
+    struct loyd_ledger_entry pre = {.points = 5, .kind = "award"};
+    struct loyd_apply a0 = {.tenant = "x",
+                            .event_key = "e0",
+                            .event_type = "tick",
+                            .member_id = "m",
+                            .ledger = &pre,
+                            .n_ledger = 1};
+    ck_assert_int_eq(loyd_store_apply(st, &a0, on_done, &r), 0);
+    wait_for(&r.done, 1);
+    ck_assert_int_eq(r.err, 0);
+    struct loyd_ledger_entry rows[] = {
+        {.points = 100, .kind = "award", .provisional_id = 1000},
+        {.points = -40, .kind = "redeem", .lot_id = 1000, .provisional_id = 1001},
+        {.points = -1, .kind = "redeem", .lot_id = 1},
+    };
+    struct loyd_apply a = {.tenant = "x",
+                           .event_key = "e1",
+                           .event_type = "tick",
+                           .member_id = "m",
+                           .ledger = rows,
+                           .n_ledger = 3};
+    ck_assert_int_eq(loyd_store_apply(st, &a, on_done, &r), 0);
+    wait_for(&r.done, 2);
+    ck_assert_int_eq(r.err, 0);
+    ck_assert_int_eq(raw_int("SELECT lot_id FROM ledger WHERE points = -40"), 2);
+    ck_assert_int_eq(raw_int("SELECT lot_id FROM ledger WHERE points = -1"), 1);
+    ck_assert_int_eq(balance("x", "m"), 64);
+}
+END_TEST
+
+START_TEST(test_runaway_rule_isolated)
+{
+    struct loyd_engine *bad = engine("bad", "tests/data/packs/runaway");
+    struct loyd_engine *good = engine("good", "rules/retail");
+    ck_assert_int_eq(process(bad, CREATED("43")), 0);
+    ck_assert_int_eq(balance("bad", "43"), 7);
+
+    ck_assert_int_eq(process(bad, WON("7", "100000", "0")), LOYD_EBUDGET);
+    ck_assert_int_eq(balance("bad", "43"), 7);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM dead_letters WHERE tenant = 'bad' AND "
+                             "kind = 'event' AND ref = 'deal:7:won'"),
+                     1);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM events WHERE event_key = 'deal:7:won'"), 0);
+
+    /* Another tenant on the same store is unaffected. */
+    ck_assert_int_eq(process(good, CREATED("43")), 0);
+    ck_assert_int_eq(process(good, WON("7", "100000", "0")), 0);
+    ck_assert_int_eq(balance("good", "43"), 3500);
+
+    /* The failing tenant still handles its other events. */
+    ck_assert_int_eq(process(bad, CREATED("44")), 0);
+    ck_assert_int_eq(balance("bad", "44"), 7);
+    loyd_engine_destroy(good);
+    loyd_engine_destroy(bad);
+}
+END_TEST
+
+START_TEST(test_bad_input)
+{
+    struct loyd_engine *e = engine("acme", "rules/retail");
+    json_t *ev =
+        json_loads("{\"type\":\"deal.won\",\"key\":\"k\",\"deal\":{\"id\":\"1\"}}", 0, NULL);
+    struct res r = {0};
+    ck_assert_int_eq(loyd_engine_process(e, st, ev, 0, on_done, &r), -EINVAL); /* no member */
+    json_decref(ev);
+    ev = json_loads("{\"type\":\"deal.lost\",\"key\":\"k\",\"member_id\":\"1\"}", 0, NULL);
+    ck_assert_int_eq(loyd_engine_process(e, st, ev, 0, on_done, &r), -EINVAL);
+    json_decref(ev);
+    ck_assert_int_eq(r.done, 0);
+    struct loyd_buf err = {0};
+    struct loyd_engine *none = NULL;
+    ck_assert_int_ne(loyd_engine_create("t", "/nonexistent/pack", NULL, NULL, 0, NULL, &none, &err),
+                     0);
+    ck_assert_ptr_null(none);
+    loyd_buf_free(&err);
+    loyd_engine_destroy(e);
+}
+END_TEST
+
+Suite *engine_suite(void)
+{
+    Suite *s = suite_create("engine");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_retail_flow);
+    tcase_add_test(tc, test_redeem_real_lot_id);
+    tcase_add_test(tc, test_store_remaps_provisional);
+    tcase_add_test(tc, test_runaway_rule_isolated);
+    tcase_add_test(tc, test_bad_input);
+    suite_add_tcase(s, tc);
+    return s;
+}
