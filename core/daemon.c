@@ -14,12 +14,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "http_client.h"
 #include "httpd.h"
 #include "log.h"
 #include "sha256.h"
 #include "store.h"
+#include "tz.h"
 
 /* One webhook waiting for its inbox row to commit. */
 struct hook_wait {
@@ -67,6 +69,7 @@ static void tenant_free(struct loyd_tenant *t)
     if (t->state != NULL && t->ops->tenant_close != NULL)
         t->ops->tenant_close(t->state);
     loyd_host_ctx_destroy(t->hctx);
+    loyd_engine_destroy(t->engine);
     loyd_tenant_config_free(t->cfg);
     free(t);
 }
@@ -110,14 +113,40 @@ static void tenant_ensured(void *arg, int err)
     free(name);
 }
 
+/* Loads the tenant's rule pack with its settings; a bad pack or setting is a config error. */
+static int tenant_engine(const struct loyd_config *cfg, struct loyd_tenant *t, struct loyd_buf *err)
+{
+    struct loyd_sandbox_limits lim = {.memory_bytes = cfg->rules.memory_bytes,
+                                      .instructions = cfg->rules.instructions,
+                                      .wall_ms = cfg->rules.wall_ms};
+    char *pack_dir = loyd_tenant_pack_dir(cfg, t->cfg);
+    int tz, rc;
+
+    if ((rc = loyd_tz_offset_min(t->cfg->timezone, time(NULL), &tz, err)) != 0) {
+        loyd_buf_printf(err, " in %s\n", t->cfg->path);
+        free(pack_dir);
+        return LOYD_ECONFIG;
+    }
+    rc = loyd_engine_create(t->cfg->name, pack_dir, cfg->packs_dir, t->cfg->settings, tz, &lim,
+                            &t->engine, err);
+    if (rc != 0)
+        loyd_buf_printf(err, "%s: pack '%s' (%s) cannot be used\n", t->cfg->path, t->cfg->pack,
+                        pack_dir);
+    free(pack_dir);
+    return rc != 0 ? LOYD_ECONFIG : 0;
+}
+
 /* Builds a live tenant from its config; takes ownership of @p tc even on failure. */
-static int tenant_open_take(struct loyd_daemon *d, struct loyd_tenant_config *tc,
-                            struct loyd_tenant **out, struct loyd_buf *err)
+static int tenant_open_take(struct loyd_daemon *d, const struct loyd_config *cfg,
+                            struct loyd_tenant_config *tc, struct loyd_tenant **out,
+                            struct loyd_buf *err)
 {
     struct loyd_tenant *t = loyd_xcalloc(1, sizeof(*t));
     int rc;
 
     t->cfg = tc;
+    if ((rc = tenant_engine(cfg, t, err)) != 0)
+        goto fail;
     if ((rc = connector_get(d, tc->connector, &t->plugin, err)) != 0)
         goto fail;
     t->ops = loyd_plugin_connector(t->plugin->plugin);
@@ -140,14 +169,15 @@ fail:
 }
 
 /* Opens every tenant of @p tcs (taking them); on any failure none is kept. */
-static int tenants_open_take(struct loyd_daemon *d, struct loyd_tenant_config **tcs, size_t n,
-                             struct loyd_tenant ***out, struct loyd_buf *err)
+static int tenants_open_take(struct loyd_daemon *d, const struct loyd_config *cfg,
+                             struct loyd_tenant_config **tcs, size_t n, struct loyd_tenant ***out,
+                             struct loyd_buf *err)
 {
     struct loyd_tenant **ts = loyd_xcalloc(n + 1, sizeof(*ts));
     int rc = 0;
 
     for (size_t i = 0; i < n; i++) {
-        int r = tenant_open_take(d, tcs[i], &ts[i], err);
+        int r = tenant_open_take(d, cfg, tcs[i], &ts[i], err);
         if (r != 0)
             rc = r; /* keep going: report every tenant's problem at once */
     }
@@ -436,7 +466,7 @@ int loyd_daemon_start(uv_loop_t *loop, const char *path, struct loyd_daemon **ou
         loyd_tenants_free(tcs, n);
         goto fail;
     }
-    if ((rc = tenants_open_take(d, tcs, n, &d->tenants, &err)) != 0)
+    if ((rc = tenants_open_take(d, d->cfg, tcs, n, &d->tenants, &err)) != 0)
         goto fail;
     d->n_tenants = n;
     tenants_record(d);
@@ -494,7 +524,7 @@ int loyd_daemon_reload(struct loyd_daemon *d)
         return -ECANCELED;
     if ((rc = loyd_config_load(d->config_path, &nc, &err)) != 0 ||
         (rc = loyd_tenants_load_dir(nc->tenants_dir, &tcs, &n, &err)) != 0 ||
-        (rc = tenants_open_take(d, tcs, n, &ts, &err)) != 0) {
+        (rc = tenants_open_take(d, nc, tcs, n, &ts, &err)) != 0) {
         log_lines(LOYD_LOG_ERR, LOYD_LOG_CONFIG, "reload refused, the running config stays: ",
                   err.data);
         loyd_buf_free(&err);

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "engine.h"
 #include "host.h"
 #include "metrics.h"
 #include "plugin_loader.h"
@@ -21,6 +22,7 @@ struct loyd_tenant {
     const struct loyd_connector_ops *ops;     /* borrowed, never NULL */
     void *state;                              /* from tenant_open, or NULL */
     struct loyd_host_ctx *hctx;               /* owned */
+    struct loyd_engine *engine;               /* owned: the tenant's rule pack, loaded */
 };
 
 struct loyd_daemon {

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "e2e.h"
+#include "util.h"
 
 static char *dir;
 static struct loyd_proc emu, daemon_proc;
@@ -93,8 +94,11 @@ END_TEST
 
 START_TEST(test_emulator_events_reach_the_daemon)
 {
-    loyd_e2e_write(dir, "loyd.conf", "listen = \"127.0.0.1:0\"\nstore = \"loyd.db\"\n"
-                                     "tenants = \"tenants.d\"\n");
+    char *conf = loyd_xasprintf("listen = \"127.0.0.1:0\"\nstore = \"loyd.db\"\n"
+                                "tenants = \"tenants.d\"\npacks = \"%s/rules\"\n",
+                                getenv("LOYD_SRC"));
+    loyd_e2e_write(dir, "loyd.conf", conf);
+    free(conf);
     loyd_e2e_write(dir, "tenants.d/acme.conf", "connector = \"bitrix24\"\npack = \"retail\"\n");
     const char *argv[] = {"serve", "-c", "loyd.conf", NULL};
     loyd_e2e_spawn(&daemon_proc, dir, argv);

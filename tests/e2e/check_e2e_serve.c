@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "e2e.h"
+#include "util.h"
 
 static const char DAEMON_CONF[] = "listen = \"127.0.0.1:0\"\n"
                                   "store = \"loyd.db\"\n"
@@ -33,10 +34,20 @@ static const char FORM[] = "Content-Type: application/x-www-form-urlencoded\r\n"
 static char *dir;
 static struct loyd_proc proc;
 
+/* Writes the daemon config: @p body plus where the stock rule packs are in this checkout. */
+static void write_conf(const char *body)
+{
+    const char *src = getenv("LOYD_SRC");
+    ck_assert_msg(src != NULL, "LOYD_SRC is not set (run through make check)");
+    char *text = loyd_xasprintf("%spacks = \"%s/rules\"\n", body, src);
+    loyd_e2e_write(dir, "loyd.conf", text);
+    free(text);
+}
+
 static void setup(void)
 {
     dir = loyd_e2e_tmpdir();
-    loyd_e2e_write(dir, "loyd.conf", DAEMON_CONF);
+    write_conf(DAEMON_CONF);
     loyd_e2e_write(dir, "tenants.d/acme.conf", TENANT_CONF);
     memset(&proc, 0, sizeof(proc));
 }
@@ -149,7 +160,7 @@ END_TEST
 
 START_TEST(test_config_typo_refuses_to_start)
 {
-    loyd_e2e_write(dir, "loyd.conf", "listne = \"127.0.0.1:0\"\nstore = \"loyd.db\"\n");
+    write_conf("listne = \"127.0.0.1:0\"\nstore = \"loyd.db\"\n");
     const char *argv[] = {"serve", "-c", "loyd.conf", NULL};
     loyd_e2e_spawn(&proc, dir, argv);
     int code = loyd_e2e_wait_exit(&proc, 10000);
@@ -167,7 +178,7 @@ START_TEST(test_sighup_reload)
 
     ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/beta", FORM, "a=1", 3, NULL), 404);
     /* A broken config is refused and the old one keeps serving. */
-    loyd_e2e_write(dir, "loyd.conf", "listen = \"127.0.0.1:0\"\nstorre = \"x.db\"\n");
+    write_conf("listen = \"127.0.0.1:0\"\nstorre = \"x.db\"\n");
     kill(proc.pid, SIGHUP);
     char *log = NULL;
     for (int i = 0; i < 200; i++) {
@@ -180,8 +191,24 @@ START_TEST(test_sighup_reload)
     ck_assert_msg(strstr(log, "reload refused") && strstr(log, "storre"), "log:\n%s", log);
     free(log);
     ck_assert_int_eq(loyd_e2e_http(port, "GET", "/healthz", NULL, NULL, 0, NULL), 200);
+    /* A tenant whose pack settings are wrong is refused as a whole, too. */
+    write_conf(DAEMON_CONF);
+    loyd_e2e_write(dir, "tenants.d/beta.conf", "connector = \"bitrix24\"\npack = \"retail\"\n"
+                                               "settings = { points_ttl_days = \"soon\" }\n");
+    kill(proc.pid, SIGHUP);
+    log = NULL;
+    for (int i = 0; i < 200; i++) {
+        free(log);
+        log = loyd_e2e_log(&proc);
+        if (strstr(log, "points_ttl_days"))
+            break;
+        usleep(20000);
+    }
+    ck_assert_msg(strstr(log, "points_ttl_days") != NULL, "log:\n%s", log);
+    free(log);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/beta", FORM, "a=1", 3, NULL), 404);
     /* A good one with a new tenant takes effect. */
-    loyd_e2e_write(dir, "loyd.conf", DAEMON_CONF);
+    write_conf(DAEMON_CONF);
     loyd_e2e_write(dir, "tenants.d/beta.conf", TENANT_CONF);
     kill(proc.pid, SIGHUP);
     int status = 404;
@@ -211,8 +238,7 @@ END_TEST
 
 START_TEST(test_idle_connections_bounded)
 {
-    loyd_e2e_write(dir, "loyd.conf",
-                   "listen = \"127.0.0.1:0\"\nstore = \"loyd.db\"\ntenants = \"tenants.d\"\n"
+    write_conf("listen = \"127.0.0.1:0\"\nstore = \"loyd.db\"\ntenants = \"tenants.d\"\n"
                    "limits = { max_connections = 100, idle_timeout_ms = 1000, "
                    "read_timeout_ms = 1000 }\n");
     int port = start();
@@ -249,6 +275,33 @@ START_TEST(test_idle_connections_bounded)
 }
 END_TEST
 
+START_TEST(test_bad_pack_settings_refuse_to_start)
+{
+    loyd_e2e_write(dir, "tenants.d/acme.conf", "connector = \"bitrix24\"\npack = \"retail\"\n"
+                                               "settings = { welcom_points = 10 }\n");
+    const char *argv[] = {"serve", "-c", "loyd.conf", NULL};
+    loyd_e2e_spawn(&proc, dir, argv);
+    int code = loyd_e2e_wait_exit(&proc, 10000);
+    char *log = loyd_e2e_log(&proc);
+    ck_assert_msg(code == 2 && strstr(log, "welcom_points") && strstr(log, "welcome_points"),
+                  "exit %d, log:\n%s", code, log);
+    free(log);
+    loyd_e2e_write(dir, "tenants.d/acme.conf", "connector = \"bitrix24\"\npack = \"nosuch\"\n");
+    loyd_e2e_spawn(&proc, dir, argv);
+    code = loyd_e2e_wait_exit(&proc, 10000);
+    log = loyd_e2e_log(&proc);
+    ck_assert_msg(code == 2 && strstr(log, "nosuch"), "exit %d, log:\n%s", code, log);
+    free(log);
+    loyd_e2e_write(dir, "tenants.d/acme.conf", "connector = \"bitrix24\"\npack = \"retail\"\n"
+                                               "timezone = \"Mars/Olympus\"\n");
+    loyd_e2e_spawn(&proc, dir, argv);
+    code = loyd_e2e_wait_exit(&proc, 10000);
+    log = loyd_e2e_log(&proc);
+    ck_assert_msg(code == 2 && strstr(log, "Mars/Olympus"), "exit %d, log:\n%s", code, log);
+    free(log);
+}
+END_TEST
+
 Suite *e2e_serve_suite(void)
 {
     Suite *s = suite_create("e2e_serve");
@@ -262,6 +315,7 @@ Suite *e2e_serve_suite(void)
     tcase_add_test(tc, test_sighup_reload);
     tcase_add_test(tc, test_sigterm_drains_cleanly);
     tcase_add_test(tc, test_idle_connections_bounded);
+    tcase_add_test(tc, test_bad_pack_settings_refuse_to_start);
     suite_add_tcase(s, tc);
     return s;
 }
