@@ -70,6 +70,7 @@ CREATE TABLE ledger (
     ref          TEXT,
     created_ms   INTEGER NOT NULL,
     pack_version TEXT,
+    campaign     TEXT,
     FOREIGN KEY (tenant, event_key) REFERENCES events (tenant, event_key),
     CHECK (kind <> 'award' OR (points > 0 AND lot_id IS NULL)),
     CHECK (kind NOT IN ('redeem', 'expire', 'reverse') OR (points < 0 AND lot_id IS NOT NULL))
@@ -77,6 +78,7 @@ CREATE TABLE ledger (
 CREATE INDEX ledger_member ON ledger (tenant, member_id, id);
 CREATE INDEX ledger_lot ON ledger (lot_id) WHERE lot_id IS NOT NULL;
 CREATE INDEX ledger_ref ON ledger (tenant, ref) WHERE ref IS NOT NULL;
+CREATE INDEX ledger_campaign ON ledger (tenant, campaign) WHERE campaign IS NOT NULL;
 CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
 BEGIN
     SELECT RAISE(ABORT, 'ledger rows are immutable');

@@ -111,6 +111,8 @@ static json_t *ledger_rows(const json_t *stored)
             json_object_set(o, "reason", json_object_get(r, "reason"));
         if (sfield(r, "ref") != NULL)
             json_object_set(o, "ref", json_object_get(r, "ref"));
+        if (sfield(r, "campaign") != NULL)
+            json_object_set(o, "campaign", json_object_get(r, "campaign"));
         json_array_append_new(rows, o);
     }
     return rows;
@@ -213,6 +215,7 @@ int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s, const json_
 
     json_t *ev = json_deep_copy(event), *stored_member = NULL, *stored_rows = NULL;
     json_t *rows = NULL, *min = NULL, *res = NULL, *profile = NULL, *trace = NULL;
+    json_t *campaigns = NULL;
     char *event_text = NULL, *member_text = NULL, *trace_text = NULL;
     struct loyd_ledger_entry *lent = NULL;
     struct loyd_outbox_item *oitems = NULL;
@@ -233,6 +236,9 @@ int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s, const json_
         rc = -EINVAL;
         goto out;
     }
+    /* Budgets are tenant-wide: what every member's awards drew from each campaign so far. */
+    if ((rc = loyd_store_campaign_totals(s, e->tenant, &campaigns)) != 0)
+        goto out;
     min = member_input(mid, old_profile, ev);
     json_t *purchases = json_object_get(old_profile, "purchases");
     struct loyd_rules_input in = {
@@ -241,7 +247,7 @@ int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s, const json_
         .ledger = rows,
         .purchases = json_is_array(purchases) ? purchases : NULL,
         .settings = e->settings,
-        .campaign_totals = NULL,
+        .campaign_totals = campaigns,
         .tz_offset_min = e->tz_offset_min,
         .seed = seed_of(key),
     };
@@ -283,6 +289,7 @@ int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s, const json_
             .lot_id = ifield(x, "lot_id"),
             .ref = sfield(x, "ref"),
             .provisional_id = ifield(x, "id"),
+            .campaign = sfield(x, "campaign"),
         };
     }
     /* Write-backs. */
@@ -342,6 +349,7 @@ out:
     json_decref(rows);
     json_decref(stored_rows);
     json_decref(stored_member);
+    json_decref(campaigns);
     json_decref(ev);
     return rc;
 }

@@ -152,6 +152,7 @@ struct loyd_ledger_entry {
      * the provisional_id of an EARLIER entry of the same apply, the writer draws on that row's
      * real id (assigned in the same transaction) instead of an existing lot. */
     int64_t provisional_id;
+    const char *campaign;  /* the campaign an award counts against (budgets); may be NULL */
 };
 
 struct loyd_outbox_item {
@@ -218,6 +219,13 @@ LOYD_MUST_CHECK int loyd_store_lots_open(struct loyd_store *s, const char *tenan
 /** SUM(points) of the member's ledger (derived, never stored).  0 for an unknown member. */
 LOYD_MUST_CHECK int loyd_store_balance(struct loyd_store *s, const char *tenant,
                                        const char *member_id, int64_t *out);
+
+/**
+ * Points each campaign has awarded so far across all the tenant's members, net of reversals:
+ * a new object {campaign: points}.  Campaign budgets are checked against it.
+ */
+LOYD_MUST_CHECK int loyd_store_campaign_totals(struct loyd_store *s, const char *tenant,
+                                               json_t **out);
 
 /** {"tenant","event_key","type","inbox_id","event","trace","pack_version","applied_ms"}. */
 LOYD_MUST_CHECK int loyd_store_event_get(struct loyd_store *s, const char *tenant,
@@ -286,6 +294,7 @@ struct loyd_store_backend {
     int (*ledger_by_ref)(struct loyd_store *s, const char *tenant, const char *ref, json_t **out);
     int (*lots_open)(struct loyd_store *s, const char *tenant, const char *member_id, json_t **out);
     int (*balance)(struct loyd_store *s, const char *tenant, const char *member_id, int64_t *out);
+    int (*campaign_totals)(struct loyd_store *s, const char *tenant, json_t **out);
     int (*event_get)(struct loyd_store *s, const char *tenant, const char *event_key, json_t **out);
     int (*outbox_pending)(struct loyd_store *s, const char *tenant, uint64_t now_ms, size_t max,
                           json_t **out);

@@ -228,8 +228,8 @@ static const char *const wsql[W_COUNT] = {
     [W_LOT_CHECK] = "SELECT id FROM ledger WHERE id = ?1 AND tenant = ?2 AND member_id = ?3 "
                     "AND lot_id IS NULL AND points > 0",
     [W_LEDGER_INSERT] = "INSERT INTO ledger (tenant, member_id, event_key, kind, points, reason, "
-                        "expires_ms, lot_id, ref, created_ms, pack_version) "
-                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                        "expires_ms, lot_id, ref, created_ms, pack_version, campaign) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     [W_OUTBOX_INSERT] = "INSERT INTO outbox (tenant, member_id, event_key, payload, "
                         "next_attempt_ms, created_ms, updated_ms) "
                         "VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
@@ -247,7 +247,7 @@ static const char *const wsql[W_COUNT] = {
 
 #define LEDGER_COLS                                                                                \
     "id, member_id, event_key, kind, points, reason, expires_ms, lot_id, ref, created_ms, "        \
-    "pack_version"
+    "pack_version, campaign"
 #define OUTBOX_SELECT                                                                              \
     "SELECT o.id, o.tenant, o.member_id, o.event_key, o.payload, o.attempts, o.next_attempt_ms, "  \
     "o.created_ms FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_ms <= ?1 "           \
@@ -265,6 +265,7 @@ enum rstmt {
     R_LEDGER_REF,
     R_LOTS,
     R_BALANCE,
+    R_CAMPAIGNS,
     R_EVENT,
     R_OUTBOX_PENDING,
     R_OUTBOX_PENDING_T,
@@ -293,6 +294,8 @@ static const char *const rsql[R_COUNT] = {
                "AND remaining > 0 ORDER BY expires_ms IS NULL, expires_ms, id",
     [R_BALANCE] =
         "SELECT COALESCE(SUM(points), 0) FROM ledger WHERE tenant = ?1 AND member_id = ?2",
+    [R_CAMPAIGNS] = "SELECT campaign, SUM(points) FROM ledger WHERE tenant = ?1 "
+                    "AND campaign IS NOT NULL AND kind IN ('award', 'reverse') GROUP BY campaign",
     [R_EVENT] = "SELECT tenant, event_key, type, inbox_id, json, trace, pack_version, applied_ms "
                 "FROM events WHERE tenant = ?1 AND event_key = ?2",
     [R_OUTBOX_PENDING] = OUTBOX_SELECT "ORDER BY o.id LIMIT ?2",
@@ -898,6 +901,7 @@ static int w_apply_ids(struct sq_store *s, struct op *op, int64_t *real_ids)
         bind_text(st, 9, e->ref);
         bind_ms(st, 10, now);
         bind_text(st, 11, a->pack_version);
+        bind_text(st, 12, e->campaign);
         if ((err = st_exec(s->wdb, st)) != 0)
             return err;
         real_ids[i] = (int64_t)sqlite3_last_insert_rowid(s->wdb);
@@ -1261,6 +1265,7 @@ static int sq_apply(struct loyd_store *base, const struct loyd_apply *src, loyd_
             l[i].kind = op_str(op, src->ledger[i].kind);
             l[i].reason = op_str(op, src->ledger[i].reason);
             l[i].ref = op_str(op, src->ledger[i].ref);
+            l[i].campaign = op_str(op, src->ledger[i].campaign);
         }
         a->ledger = l;
     }
@@ -1292,9 +1297,10 @@ static const struct col inbox_cols[] = {
 static const struct col ledger_cols[] = {
     {"id", C_INT},     {"member_id", C_TEXT}, {"event_key", C_TEXT},    {"kind", C_TEXT},
     {"points", C_INT}, {"reason", C_TEXT},    {"expires_ms", C_INT},    {"lot_id", C_INT},
-    {"ref", C_TEXT},   {"created_ms", C_INT}, {"pack_version", C_TEXT}, {"remaining", C_INT},
+    {"ref", C_TEXT},   {"created_ms", C_INT}, {"pack_version", C_TEXT}, {"campaign", C_TEXT},
+    {"remaining", C_INT},
 };
-#define LEDGER_ROW_COLS 11
+#define LEDGER_ROW_COLS 12
 static const struct col member_cols[] = {
     {"tenant", C_TEXT},
     {"member_id", C_TEXT},
@@ -1509,6 +1515,36 @@ static int sq_balance(struct loyd_store *base, const char *tenant, const char *m
     return err == -ENOENT ? LOYD_EDB : err;
 }
 
+static int sq_campaign_totals(struct loyd_store *base, const char *tenant, json_t **out)
+{
+    struct sq_store *s = SQ(base);
+    sqlite3_stmt *st = NULL;
+    json_t *totals;
+    int rc, err = reader(s, R_CAMPAIGNS, &st);
+
+    if (err != 0)
+        return err;
+    bind_text(st, 1, tenant);
+    if ((totals = json_object()) == NULL) {
+        st_done(st);
+        return -ENOMEM;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        if (name != NULL)
+            json_object_set_new(totals, name, json_integer(sqlite3_column_int64(st, 1)));
+    }
+    if (rc != SQLITE_DONE)
+        err = db_error(s->rdb, rc, sqlite3_sql(st));
+    st_done(st);
+    if (err != 0) {
+        json_decref(totals);
+        return err;
+    }
+    *out = totals;
+    return 0;
+}
+
 static int sq_event_get(struct loyd_store *base, const char *tenant, const char *event_key,
                         json_t **out)
 {
@@ -1577,6 +1613,7 @@ const struct loyd_store_backend loyd_store_backend_sqlite = {
     .ledger_by_ref = sq_ledger_by_ref,
     .lots_open = sq_lots_open,
     .balance = sq_balance,
+    .campaign_totals = sq_campaign_totals,
     .event_get = sq_event_get,
     .outbox_pending = sq_outbox_pending,
     .outbox_finish = sq_outbox_finish,
@@ -1789,6 +1826,13 @@ int loyd_store_balance(struct loyd_store *s, const char *tenant, const char *mem
     if (!nonempty(tenant) || !nonempty(member_id))
         return -EINVAL;
     return s->be->balance(s, tenant, member_id, out);
+}
+
+int loyd_store_campaign_totals(struct loyd_store *s, const char *tenant, json_t **out)
+{
+    if (!nonempty(tenant))
+        return -EINVAL;
+    return s->be->campaign_totals(s, tenant, out);
 }
 
 int loyd_store_event_get(struct loyd_store *s, const char *tenant, const char *event_key,

@@ -220,6 +220,62 @@ START_TEST(test_redeem_real_lot_id)
 }
 END_TEST
 
+
+#define WON_BY(deal, contact)                                                                      \
+    "{\"type\":\"deal.won\",\"key\":\"deal:" deal ":won\",\"at\":1772366500000,"                   \
+    "\"deal\":{\"id\":\"" deal "\",\"amount\":10000,\"currency\":\"RUB\","                         \
+    "\"contact_id\":\"" contact "\"}}"
+
+static int64_t campaign_points(const char *campaign)
+{
+    json_t *totals = NULL;
+    ck_assert_int_eq(loyd_store_campaign_totals(st, "acme", &totals), 0);
+    int64_t v = json_integer_value(json_object_get(totals, campaign));
+    json_decref(totals);
+    return v;
+}
+
+/* A campaign budget is tenant-wide and survives the engine: it is read back from the ledger. */
+START_TEST(test_campaign_budget_across_events)
+{
+    json_t *over = json_pack("{s:[{s:s,s:s,s:s,s:i}],s:{s:i}}", "campaigns", "name", "spring",
+                             "from", "2026-01-01", "to", "2026-12-31", "multiplier", 2,
+                             "budgets", "spring", 500);
+    char *p = src_path("rules/retail");
+    struct loyd_sandbox_limits lim = {.instructions = 1000000, .wall_ms = 2000};
+    struct loyd_buf err = {0};
+    struct loyd_engine *e = NULL;
+
+    ck_assert_msg(loyd_engine_create("acme", p, NULL, over, 0, &lim, &e, &err) == 0, "%s",
+                  err.data);
+    /* 3% of 10000 = 300 base; the campaign doubles it with 300 more, drawn from its budget. */
+    ck_assert_int_eq(process(e, WON_BY("1", "a")), 0);
+    ck_assert_int_eq(balance("acme", "a"), 600);
+    ck_assert_int_eq(campaign_points("spring"), 300);
+    ck_assert_int_eq(process(e, WON_BY("2", "b")), 0);
+    ck_assert_int_eq(balance("acme", "b"), 500); /* 300 + the 200 left in the budget */
+    ck_assert_int_eq(campaign_points("spring"), 500);
+    loyd_engine_destroy(e);
+
+    /* A new engine (a restart) knows the budget is spent. */
+    ck_assert_int_eq(loyd_engine_create("acme", p, NULL, over, 0, &lim, &e, &err), 0);
+    ck_assert_int_eq(process(e, WON_BY("3", "c")), 0);
+    ck_assert_int_eq(balance("acme", "c"), 300);
+    ck_assert_int_eq(campaign_points("spring"), 500);
+    /* Reversing a campaign award gives its points back to the budget. */
+    const char *reopen = "{\"type\":\"deal.reopened\",\"key\":\"deal:1:reopened\","
+                         "\"at\":1772366600000,\"deal\":{\"id\":\"1\",\"amount\":10000,"
+                         "\"currency\":\"RUB\",\"contact_id\":\"a\"}}";
+    ck_assert_int_eq(process(e, reopen), 0);
+    ck_assert_int_eq(balance("acme", "a"), 0);
+    ck_assert_int_eq(campaign_points("spring"), 200);
+    loyd_engine_destroy(e);
+    json_decref(over);
+    free(p);
+    loyd_buf_free(&err);
+}
+END_TEST
+
 /* The store remaps a lot_id naming a provisional id of an earlier entry of the same apply. */
 START_TEST(test_store_remaps_provisional)
 {
@@ -311,6 +367,7 @@ Suite *engine_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_retail_flow);
     tcase_add_test(tc, test_redeem_real_lot_id);
+    tcase_add_test(tc, test_campaign_budget_across_events);
     tcase_add_test(tc, test_store_remaps_provisional);
     tcase_add_test(tc, test_runaway_rule_isolated);
     tcase_add_test(tc, test_bad_input);
