@@ -99,15 +99,18 @@ START_TEST(test_emulator_events_reach_the_daemon)
                                 getenv("LOYD_SRC"));
     loyd_e2e_write(dir, "loyd.conf", conf);
     free(conf);
-    loyd_e2e_write(dir, "tenants.d/acme.conf", "connector = \"bitrix24\"\npack = \"retail\"\n");
+    loyd_e2e_write(dir, "tenants.d/acme.conf",
+                   "connector = \"bitrix24\"\npack = \"retail\"\n"
+                   "crm = { application_token = \"emutokenemutokenemutokenemutoken\" }\n");
     const char *argv[] = {"serve", "-c", "loyd.conf", NULL};
     loyd_e2e_spawn(&daemon_proc, dir, argv);
     int dport = loyd_e2e_wait_port(&daemon_proc, 10000);
     ck_assert_int_gt(dport, 0);
 
-    char options[256];
+    char options[512];
     snprintf(options, sizeof(options),
              "{\"webhook_code\": \"k3y0k3y0k3y0k3y0\", "
+             "\"application_token\": \"emutokenemutokenemutokenemutoken\", "
              "\"handlers\": [\"http://127.0.0.1:%d/hooks/acme\"]}", dport);
     int eport = start_emulator(options);
     ck_assert_int_eq(loyd_e2e_http(eport, "POST", "/rest/1/k3y0k3y0k3y0k3y0/crm.contact.add",

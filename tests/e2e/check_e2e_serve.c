@@ -21,7 +21,8 @@ static const char DAEMON_CONF[] = "listen = \"127.0.0.1:0\"\n"
                                   "log_level = \"debug\"\n";
 
 static const char TENANT_CONF[] = "connector = \"bitrix24\"\n"
-                                  "pack = \"retail\"\n";
+                                  "pack = \"retail\"\n"
+                                  "crm = { application_token = \"51856fefc120afa4b628cc82d3935cce\" }\n";
 
 /* A documented ONCRMDEALUPDATE delivery, form-encoded as Bitrix24 sends it. */
 static const char HOOK_BODY[] =
@@ -146,12 +147,14 @@ END_TEST
 START_TEST(test_path_secret)
 {
     loyd_e2e_write(dir, "tenants.d/acme.conf",
-                   "connector = \"bitrix24\"\npack = \"retail\"\npath_secret = \"s3cr3t-path-0123456789\"\n");
+                   "connector = \"bitrix24\"\npack = \"retail\"\npath_secret = \"s3cr3t-path-0123456789\"\n"
+                   "crm = { application_token = \"51856fefc120afa4b628cc82d3935cce\" }\n");
     int port = start();
 
     ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme", FORM, "a=1", 3, NULL), 401);
     ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme/s3cr3t-path-012345678X", FORM, "a=1", 3, NULL), 401);
-    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme/s3cr3t-path-0123456789", FORM, "a=1", 3, NULL), 200);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme/s3cr3t-path-0123456789", FORM,
+                                   HOOK_BODY, strlen(HOOK_BODY), NULL), 200);
     char *log = loyd_e2e_log(&proc);
     ck_assert_ptr_null(strstr(log, "s3cr3t"));
     free(log);
@@ -214,7 +217,8 @@ START_TEST(test_sighup_reload)
     int status = 404;
     for (int i = 0; i < 200 && status == 404; i++) {
         usleep(20000);
-        status = loyd_e2e_http(port, "POST", "/hooks/beta", FORM, "a=2", 3, NULL);
+        status = loyd_e2e_http(port, "POST", "/hooks/beta", FORM, HOOK_BODY, strlen(HOOK_BODY),
+                               NULL);
     }
     ck_assert_int_eq(status, 200);
 }
@@ -302,6 +306,37 @@ START_TEST(test_bad_pack_settings_refuse_to_start)
 }
 END_TEST
 
+START_TEST(test_bitrix24_token_verified)
+{
+    int port = start();
+    char *forged = loyd_xstrdup(HOOK_BODY);
+    char *tok = strstr(forged, "51856fefc120afa4b628cc82d3935cce");
+    tok[0] = '6';
+    char *body;
+
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme", FORM, forged, strlen(forged),
+                                   &body), 401);
+    free(body);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme", FORM, "a=1", 3, &body), 400);
+    ck_assert_str_eq(body, "no 'event' field: not a Bitrix24 event\n");
+    free(body);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme", "Content-Type: text/plain\r\n",
+                                   HOOK_BODY, strlen(HOOK_BODY), NULL), 400);
+    ck_assert_int_eq(inbox_rows(forged), 0);
+    ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/acme", FORM, HOOK_BODY,
+                                   strlen(HOOK_BODY), NULL), 200);
+    ck_assert_int_eq(inbox_rows(HOOK_BODY), 1);
+    char *log = loyd_e2e_log(&proc);
+    ck_assert_ptr_nonnull(strstr(log, "wrong auth[application_token]"));
+    ck_assert_ptr_null(strstr(log, "51856fefc120afa4b628cc82d3935cce"));
+    free(log);
+    free(forged);
+    ck_assert_int_eq(loyd_e2e_http(port, "GET", "/metrics", NULL, NULL, 0, &body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "loyd_webhooks_rejected_total 3\n"));
+    free(body);
+}
+END_TEST
+
 Suite *e2e_serve_suite(void)
 {
     Suite *s = suite_create("e2e_serve");
@@ -311,6 +346,7 @@ Suite *e2e_serve_suite(void)
     tcase_add_test(tc, test_health_metrics_routes);
     tcase_add_test(tc, test_webhook_survives_sigkill);
     tcase_add_test(tc, test_path_secret);
+    tcase_add_test(tc, test_bitrix24_token_verified);
     tcase_add_test(tc, test_config_typo_refuses_to_start);
     tcase_add_test(tc, test_sighup_reload);
     tcase_add_test(tc, test_sigterm_drains_cleanly);

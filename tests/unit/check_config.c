@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "pack.h"
+#include "plugin_loader.h"
 #include "luadata.h"
 
 static char tmpdir[256];
@@ -779,7 +780,7 @@ START_TEST(test_sample_tenant_loads)
     snprintf(sub, sizeof(sub), "%s/secrets", tmpdir);
     ck_assert_int_eq(mkdir(sub, 0700), 0);
     put("secrets/demo.application_token", "app-token-0000\n");
-    setenv("LOYD_DEMO_B24_WEBHOOK", "webhook-token-1111", 1);
+    setenv("LOYD_DEMO_B24_WEBHOOK_URL", "https://demo.bitrix24.com/rest/1/webhook-code-1111/", 1);
     int rc = loyd_tenant_config_load(put("demo.conf", text.data), &t, &err);
     ck_assert_msg(rc == 0, "%s", err.data);
     ck_assert_str_eq(t->name, "demo");
@@ -787,7 +788,14 @@ START_TEST(test_sample_tenant_loads)
     ck_assert_str_eq(t->timezone, "Europe/Moscow");
     ck_assert_str_eq(json_string_value(json_object_get(t->crm, "application_token")),
                      "app-token-0000");
-    ck_assert(json_is_true(json_object_get(t->secrets, "crm.webhook_token")));
+    ck_assert(json_is_true(json_object_get(t->secrets, "crm.webhook_url")));
+    /* Its crm table is what the Bitrix24 connector accepts. */
+    const struct loyd_plugin *b24;
+    void *dl;
+    ck_assert_int_eq(loyd_plugin_find("bitrix24", NULL, &b24, &dl, &err), 0);
+    rc = loyd_config_validate_fields(t->path, "crm", loyd_plugin_connector(b24)->tenant_config,
+                                     t->crm, &err);
+    ck_assert_msg(rc == 0, "%s", err.data);
     /* The sample's settings overrides are valid for the stock pack it names. */
     struct loyd_pack *pack = NULL;
     json_t *settings = NULL;

@@ -1,0 +1,255 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The Bitrix24 connector's webhook verification and parsing, against a fake host whose kv is
+ * in memory and whose form parser is the real one.  Payloads are the documented ones.
+ */
+#include <check.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../connectors/bitrix24/b24.h"
+#include "form.h"
+#include "plugin_loader.h"
+
+static json_t *kv;
+static struct loyd_buf logged;
+
+static void fake_log(void *hctx, int level, const char *fmt, ...)
+{
+    va_list ap;
+    char line[512];
+    (void)hctx;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    loyd_buf_printf(&logged, "<%d>%s\n", level, line);
+}
+
+static int fake_kv_get(void *hctx, const char *key, char **out)
+{
+    const char *v = json_string_value(json_object_get(kv, key));
+    (void)hctx;
+    *out = v ? strdup(v) : NULL;
+    return 0;
+}
+
+static int fake_kv_put(void *hctx, const char *key, const char *value, loyd_done_cb cb, void *arg)
+{
+    (void)hctx;
+    json_object_set_new(kv, key, json_string(value));
+    cb(arg, 0);
+    return 0;
+}
+
+static int fake_form_parse(void *hctx, const char *body, size_t len, json_t **out,
+                           struct loyd_errbuf *err)
+{
+    struct loyd_buf msg = {0};
+    (void)hctx;
+    int rc = loyd_form_parse(body, len, NULL, out, &msg);
+    if (rc != 0)
+        snprintf(err->msg, err->size, "%s", msg.data ? msg.data : "?");
+    loyd_buf_free(&msg);
+    return rc;
+}
+
+static const struct loyd_host_api host = {
+    .abi = LOYD_PLUGIN_ABI,
+    .size = sizeof(struct loyd_host_api),
+    .log = fake_log,
+    .kv_get = fake_kv_get,
+    .kv_put = fake_kv_put,
+    .form_parse = fake_form_parse,
+};
+
+#define TOKEN "51856fefc120afa4b628cc82d3935cce"
+#define MEMBER "a223c6b3710f85df22e9377d6c4f7553"
+#define DEAL_UPDATE(token)                                                                         \
+    "event=ONCRMDEALUPDATE&event_handler_id=201&data%5BFIELDS%5D%5BID%5D=759&ts=1736405807"        \
+    "&auth%5Bdomain%5D=some-domain.bitrix24.com&auth%5Bmember_id%5D=" MEMBER                       \
+    "&auth%5Bapplication_token%5D=" token
+#define INSTALL(token)                                                                             \
+    "event=ONAPPINSTALL&data%5BVERSION%5D=1.0.0&ts=1696527000&auth%5Bmember_id%5D=" MEMBER         \
+    "&auth%5Baccess_token%5D=s6p6eclrvim6da22ft9ch94ekreb52lv"                                     \
+    "&auth%5Brefresh_token%5D=4s386p3q0tr8dy89xvmt96234v3dljg8&auth%5Bapplication_token%5D=" token
+
+static struct b24_plugin_state {
+    const struct loyd_host_api *host;
+    void *hctx;
+} plugin_state = {&host, NULL};
+
+static void *open_tenant(const char *crm_json)
+{
+    json_t *crm = json_loads(crm_json, 0, NULL);
+    void *t = NULL;
+    ck_assert_ptr_nonnull(crm);
+    ck_assert_int_eq(b24_tenant_open(&plugin_state, NULL, crm, &t), 0);
+    json_decref(crm);
+    return t;
+}
+
+static int parse(void *t, const char *body, const char *ctype, json_t **notices, char *msg)
+{
+    struct loyd_http_header h = {"Content-Type", ctype};
+    struct loyd_http_request req = {.method = "POST", .path = "/hooks/acme", .query = "",
+                                    .headers = &h, .n_headers = ctype ? 1 : 0, .body = body,
+                                    .body_len = strlen(body), .remote_addr = "127.0.0.1"};
+    struct loyd_webhook wh = {.tenant = "acme", .http = &req};
+    struct loyd_errbuf eb = {msg, 256};
+    msg[0] = '\0';
+    *notices = NULL;
+    return b24_webhook_parse(t, &wh, notices, &eb);
+}
+
+static const char *FORM = "application/x-www-form-urlencoded";
+
+static void setup(void)
+{
+    kv = json_object();
+    loyd_buf_reset(&logged);
+}
+
+static void teardown(void)
+{
+    json_decref(kv);
+}
+
+START_TEST(test_documented_update_with_configured_token)
+{
+    void *t = open_tenant("{\"application_token\":\"" TOKEN "\"}");
+    json_t *n;
+    char msg[256];
+
+    ck_assert_int_eq(parse(t, DEAL_UPDATE(TOKEN), FORM, &n, msg), 0);
+    ck_assert_int_eq(json_array_size(n), 1);
+    json_t *x = json_array_get(n, 0);
+    ck_assert_str_eq(json_string_value(json_object_get(x, "entity")), "deal");
+    ck_assert_str_eq(json_string_value(json_object_get(x, "id")), "759");
+    ck_assert_str_eq(json_string_value(json_object_get(x, "action")), "update");
+    ck_assert_str_eq(json_string_value(json_object_get(x, "member_id")), MEMBER);
+    ck_assert_int_eq(json_integer_value(json_object_get(x, "ts")), 1736405807);
+    json_decref(n);
+    b24_tenant_close(t);
+}
+END_TEST
+
+START_TEST(test_wrong_or_missing_token_refused)
+{
+    void *t = open_tenant("{\"application_token\":\"" TOKEN "\"}");
+    json_t *n;
+    char msg[256];
+
+    ck_assert_int_eq(parse(t, DEAL_UPDATE("51856fefc120afa4b628cc82d3935ccf"), FORM, &n, msg),
+                     LOYD_EAUTH);
+    ck_assert_ptr_null(n);
+    ck_assert_ptr_nonnull(strstr(msg, "wrong auth[application_token]"));
+    ck_assert_ptr_null(strstr(msg, TOKEN)); /* the secret is never echoed */
+    ck_assert_int_eq(parse(t, DEAL_UPDATE(TOKEN "x"), FORM, &n, msg), LOYD_EAUTH);
+    ck_assert_int_eq(parse(t, DEAL_UPDATE(""), FORM, &n, msg), LOYD_EAUTH);
+    ck_assert_int_eq(parse(t, "event=ONCRMDEALUPDATE&data%5BFIELDS%5D%5BID%5D=1", FORM, &n, msg),
+                     LOYD_EAUTH);
+    b24_tenant_close(t);
+
+    /* No token configured and no app installed: nothing can be verified, so nothing passes. */
+    t = open_tenant("{}");
+    ck_assert_int_eq(parse(t, DEAL_UPDATE(TOKEN), FORM, &n, msg), LOYD_EAUTH);
+    ck_assert_ptr_nonnull(strstr(msg, "no application token is known"));
+    b24_tenant_close(t);
+}
+END_TEST
+
+START_TEST(test_member_id_pinned)
+{
+    void *t = open_tenant("{\"application_token\":\"" TOKEN "\",\"member_id\":\"other\"}");
+    json_t *n;
+    char msg[256];
+    ck_assert_int_eq(parse(t, DEAL_UPDATE(TOKEN), FORM, &n, msg), LOYD_EAUTH);
+    ck_assert_ptr_nonnull(strstr(msg, "another portal"));
+    b24_tenant_close(t);
+}
+END_TEST
+
+START_TEST(test_malformed)
+{
+    void *t = open_tenant("{\"application_token\":\"" TOKEN "\"}");
+    json_t *n;
+    char msg[256];
+
+    ck_assert_int_eq(parse(t, "{\"event\":\"x\"}", "application/json", &n, msg), LOYD_EPARSE);
+    ck_assert_ptr_nonnull(strstr(msg, "expected application/x-www-form-urlencoded"));
+    ck_assert_int_eq(parse(t, "a=%zz", FORM, &n, msg), LOYD_EPARSE);
+    ck_assert_int_eq(parse(t, "auth%5Bmember_id%5D=" MEMBER, FORM, &n, msg), LOYD_EPARSE);
+    ck_assert_ptr_nonnull(strstr(msg, "no 'event' field"));
+    const char *no_id = "event=ONCRMDEALUPDATE&data%5BFIELDS%5D%5BID%5D=abc&auth%5Bmember_id%5D="
+                        MEMBER "&auth%5Bapplication_token%5D=" TOKEN;
+    ck_assert_int_eq(parse(t, no_id, FORM, &n, msg), LOYD_EPARSE);
+    ck_assert_ptr_nonnull(strstr(msg, "numeric data[FIELDS][ID]"));
+    /* A verified event loyd does not act on is accepted with no notices. */
+    const char *lead = "event=ONCRMLEADADD&data%5BFIELDS%5D%5BID%5D=5&auth%5Bmember_id%5D=" MEMBER
+                       "&auth%5Bapplication_token%5D=" TOKEN;
+    ck_assert_int_eq(parse(t, lead, FORM, &n, msg), 0);
+    ck_assert_int_eq(json_array_size(n), 0);
+    json_decref(n);
+    b24_tenant_close(t);
+}
+END_TEST
+
+START_TEST(test_install_then_events)
+{
+    void *t = open_tenant("{}");
+    json_t *n;
+    char msg[256];
+
+    ck_assert_int_eq(parse(t, INSTALL(TOKEN), FORM, &n, msg), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(n, 0), "action")),
+                     "install");
+    json_decref(n);
+    ck_assert_str_eq(json_string_value(json_object_get(kv, "application_token:" MEMBER)), TOKEN);
+    ck_assert_str_eq(json_string_value(json_object_get(kv, "refresh_token:" MEMBER)),
+                     "4s386p3q0tr8dy89xvmt96234v3dljg8");
+    ck_assert_int_eq(parse(t, DEAL_UPDATE(TOKEN), FORM, &n, msg), 0);
+    json_decref(n);
+    ck_assert_int_eq(parse(t, DEAL_UPDATE("0000000000000000000000000000000"), FORM, &n, msg),
+                     LOYD_EAUTH);
+    /* A forged second install cannot replace the real token. */
+    ck_assert_int_eq(parse(t, INSTALL("forgedforgedforgedforgedforged00"), FORM, &n, msg),
+                     LOYD_EAUTH);
+    ck_assert_str_eq(json_string_value(json_object_get(kv, "application_token:" MEMBER)), TOKEN);
+    b24_tenant_close(t);
+
+    /* After a restart the token comes back from the store. */
+    t = open_tenant("{}");
+    ck_assert_int_eq(parse(t, DEAL_UPDATE(TOKEN), FORM, &n, msg), 0);
+    json_decref(n);
+    b24_tenant_close(t);
+}
+END_TEST
+
+START_TEST(test_schema_is_the_connectors)
+{
+    const struct loyd_plugin *p;
+    struct loyd_buf err = {0};
+    void *dl;
+    ck_assert_int_eq(loyd_plugin_find("bitrix24", NULL, &p, &dl, &err), 0);
+    ck_assert_ptr_eq(loyd_plugin_connector(p)->tenant_config, b24_tenant_config);
+    ck_assert_ptr_eq(loyd_plugin_connector(p)->webhook_parse, b24_webhook_parse);
+    loyd_buf_free(&err);
+}
+END_TEST
+
+Suite *b24_webhook_suite(void)
+{
+    Suite *s = suite_create("b24_webhook");
+    TCase *tc = tcase_create("verify");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_documented_update_with_configured_token);
+    tcase_add_test(tc, test_wrong_or_missing_token_refused);
+    tcase_add_test(tc, test_member_id_pinned);
+    tcase_add_test(tc, test_malformed);
+    tcase_add_test(tc, test_install_then_events);
+    tcase_add_test(tc, test_schema_is_the_connectors);
+    suite_add_tcase(s, tc);
+    return s;
+}
