@@ -25,13 +25,14 @@ OPT ?= -O2
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter \
         -Werror=implicit-function-declaration -Werror=format-security
 CFLAGS ?= $(OPT) -g
+# Sanitizers must be set before ALL_CFLAGS expands them (:=).
+ifeq ($(SAN),1)
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SANFLAGS) -Icore -Icore/include -Itests/support \
               -I$(BUILD)/gen $(PKG_CFLAGS) -MMD -MP \
               -DLOYD_PACKS_DIR='"$(PREFIX)/share/loyd/rules"'
 LDLIBS := $(PKG_LIBS) -lhttp_parser -ldl -lm -lpthread
-ifeq ($(SAN),1)
-SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-endif
 
 CORE_SRC := $(filter-out core/main.c,$(wildcard core/*.c))
 EXT_SRC := $(wildcard connectors/*/*.c) $(wildcard plugins/*/*.c)
@@ -84,10 +85,11 @@ $(BUILD)/obj/gen/schema.o: $(BUILD)/gen/schema.c
 # dlopen path and its refusal of a mismatch are tested for real.
 $(BUILD)/plugins/example.so: plugins/example/example.c core/include/loyd/plugin.h
 	@mkdir -p $(@D)
-	$(Q)$(CC) $(ALL_CFLAGS) -fPIC -shared -fvisibility=hidden -o $@ $< $(shell pkg-config --libs jansson)
+	$(Q)$(CC) $(ALL_CFLAGS) -DLOYD_EXAMPLE_NAME=example_so -fPIC -shared -fvisibility=hidden -o $@ $< \
+	    $(shell pkg-config --libs jansson)
 $(BUILD)/plugins/example_bad_abi.so: plugins/example/example.c core/include/loyd/plugin.h
 	@mkdir -p $(@D)
-	$(Q)$(CC) $(ALL_CFLAGS) -DLOYD_EXAMPLE_ABI=999 -fPIC -shared -fvisibility=hidden -o $@ $< \
+	$(Q)$(CC) $(ALL_CFLAGS) -DLOYD_EXAMPLE_ABI=999 -DLOYD_EXAMPLE_NAME=example_so -fPIC -shared -fvisibility=hidden -o $@ $< \
 	    $(shell pkg-config --libs jansson)
 
 # Test runner: one Check SRunner with every suite found in tests/*/check_<name>.c.

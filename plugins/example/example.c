@@ -19,6 +19,15 @@
 #ifndef LOYD_EXAMPLE_ABI
 #define LOYD_EXAMPLE_ABI LOYD_PLUGIN_ABI
 #endif
+/* The shared-object build is named example_so: one process never holds two plugins of one
+ * name (the built-in copy is linked into the daemon and the tests). */
+#ifndef LOYD_EXAMPLE_NAME
+#define LOYD_EXAMPLE_NAME example
+#endif
+#define EXAMPLE_STR_(x) #x
+#define EXAMPLE_STR(x) EXAMPLE_STR_(x)
+#define EXAMPLE_CAT_(a, b) a##b
+#define EXAMPLE_CAT(a, b) EXAMPLE_CAT_(a, b)
 
 struct example {
     const struct loyd_host_api *host;
@@ -72,10 +81,10 @@ static void example_on_event(void *state, const json_t *event, const json_t *eff
                   type != NULL ? type : "?", json_array_size(effects));
 }
 
-LOYD_EXPORT const struct loyd_plugin loyd_plugin_example = {
+LOYD_EXPORT const struct loyd_plugin EXAMPLE_CAT(loyd_plugin_, LOYD_EXAMPLE_NAME) = {
     .abi = LOYD_EXAMPLE_ABI,
     .size = sizeof(struct loyd_plugin),
-    .name = "example",
+    .name = EXAMPLE_STR(LOYD_EXAMPLE_NAME),
     .version = "1.0.0",
     .kind = LOYD_PLUGIN_GENERIC,
     .config = example_config,

@@ -97,12 +97,13 @@ START_TEST(test_shared_object_loads)
     struct loyd_buf err = {0};
     char *path = so_path("example.so");
 
-    ck_assert_msg(loyd_plugin_load("example", path, NULL, &fake_host, NULL, &h, &err) == 0, "%s",
-                  err.data);
+    ck_assert_msg(loyd_plugin_load("example_so", path, NULL, &fake_host, NULL, &h, &err) == 0,
+                  "%s", err.data);
     ck_assert_ptr_nonnull(h->dl);
     /* A different copy of the descriptor than the built-in one: it really came from dlopen. */
     ck_assert_ptr_ne(h->plugin, loyd_builtin_plugins[0]);
     ck_assert_int_eq(h->plugin->abi, LOYD_PLUGIN_ABI);
+    ck_assert_str_eq(h->plugin->name, "example_so");
     loyd_plugin_unload(h);
     ck_assert_ptr_nonnull(strstr(logged.data, "example: ready"));
     free(path);
@@ -116,7 +117,7 @@ START_TEST(test_abi_mismatch_refused)
     struct loyd_buf err = {0};
     char *path = so_path("example_bad_abi.so");
 
-    ck_assert_int_eq(loyd_plugin_load("example", path, NULL, &fake_host, NULL, &h, &err),
+    ck_assert_int_eq(loyd_plugin_load("example_so", path, NULL, &fake_host, NULL, &h, &err),
                      LOYD_EABI);
     ck_assert_ptr_null(h);
     ck_assert_msg(strstr(err.data, "ABI 999") != NULL, "%s", err.data);
