@@ -180,6 +180,14 @@ static int api_kv_put(void *hctx, const char *key, const char *value, loyd_done_
     return loyd_store_kv_put(c->host->store, c->tenant ? c->tenant : "", key, value, cb, arg);
 }
 
+/* A server that never made it into the host's list (its listen failed). */
+static void server_unlisted_closed(void *arg)
+{
+    struct host_server *s = arg;
+    loyd_httpd_destroy(s->httpd);
+    free(s);
+}
+
 static int api_http_listen(void *hctx, const char *addr, loyd_http_handler_cb cb, void *arg,
                            void **server_out, int *port_out)
 {
@@ -204,9 +212,8 @@ static int api_http_listen(void *hctx, const char *addr, loyd_http_handler_cb cb
         return rc;
     }
     if ((rc = loyd_httpd_listen(s->httpd, host, port, port_out)) != 0) {
-        loyd_httpd_close(s->httpd, NULL, NULL);
-        loyd_httpd_destroy(s->httpd);
-        free(s);
+        /* The server's handles close asynchronously; it is freed from the close callback. */
+        loyd_httpd_close(s->httpd, server_unlisted_closed, s);
         return rc;
     }
     s->next = c->host->servers;

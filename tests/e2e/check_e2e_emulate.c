@@ -131,6 +131,23 @@ START_TEST(test_emulator_events_reach_the_daemon)
 }
 END_TEST
 
+/* Regression: a second emulator on a taken port reports it and exits 2 (it used to abort). */
+START_TEST(test_emulator_port_in_use)
+{
+    int port = start_emulator("{}");
+    char listen[32];
+    struct loyd_proc second = {0};
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
+    const char *argv[] = {"emulate", "bitrix24", "--listen", listen, NULL};
+    loyd_e2e_spawn(&second, dir, argv);
+    int code = loyd_e2e_wait_exit(&second, 10000);
+    char *log = loyd_e2e_log(&second);
+    ck_assert_msg(code == 2 && strstr(log, "address already in use"), "exit %d:\n%s", code, log);
+    free(log);
+    loyd_e2e_assert_clean(&second);
+}
+END_TEST
+
 Suite *e2e_emulate_suite(void)
 {
     Suite *s = suite_create("e2e_emulate");
@@ -139,6 +156,7 @@ Suite *e2e_emulate_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_emulator_rest_over_http);
     tcase_add_test(tc, test_emulator_events_reach_the_daemon);
+    tcase_add_test(tc, test_emulator_port_in_use);
     suite_add_tcase(s, tc);
     return s;
 }
