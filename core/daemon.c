@@ -691,8 +691,9 @@ int loyd_daemon_run(const char *path)
     }
     rc = loyd_daemon_start(&loop, path, &d);
     if (d == NULL) {
+        /* A config that is wrong, missing or unreadable is the operator's to fix: exit 2. */
         uv_loop_close(&loop);
-        return rc == LOYD_ECONFIG ? 2 : 1;
+        return rc == LOYD_ECONFIG || rc == -ENOENT || rc == -EACCES ? 2 : 1;
     }
     uv_run(&loop, UV_RUN_DEFAULT);
     bool clean = d->stopped;

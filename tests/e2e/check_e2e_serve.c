@@ -172,6 +172,12 @@ START_TEST(test_config_typo_refuses_to_start)
     ck_assert_msg(strstr(log, "loyd.conf") && strstr(log, "listne") && strstr(log, "'listen'"),
                   "log does not name file, key and suggestion:\n%s", log);
     free(log);
+    const char *missing[] = {"serve", "-c", "nosuch.conf", NULL};
+    loyd_e2e_spawn(&proc, dir, missing);
+    code = loyd_e2e_wait_exit(&proc, 10000);
+    log = loyd_e2e_log(&proc);
+    ck_assert_msg(code == 2 && strstr(log, "nosuch.conf"), "exit %d, log:\n%s", code, log);
+    free(log);
 }
 END_TEST
 
