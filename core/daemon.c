@@ -39,17 +39,18 @@ static void answer(struct loyd_daemon *d, struct loyd_http_exchange *ex, enum lo
     loyd_httpd_respond(ex, status, headers ? headers : TEXT_PLAIN, body, strlen(body));
 }
 
+/* Logs multi-line error text (config problems come one per line) as one log line each. */
 static void log_lines(int level, enum loyd_log_group group, const char *prefix, const char *text)
 {
-    const char *p = text;
-    while (p != NULL && *p != '\0') {
+    if (level > loyd_log_max_level)
+        return;
+    for (const char *p = text; p != NULL && *p != '\0';) {
         const char *nl = strchr(p, '\n');
         int n = nl ? (int)(nl - p) : (int)strlen(p);
         if (n > 0)
-            loyd_log_(level, CORE, "%s%.*s", prefix, n, p);
+            loyd_log_write(level, group, "%s%.*s", prefix, n, p);
         p = nl ? nl + 1 : NULL;
     }
-    (void)group;
 }
 
 /* ---- tenants --------------------------------------------------------------------------- */
@@ -103,14 +104,6 @@ static int connector_get(struct loyd_daemon *d, const char *name,
     }
     *out = h;
     return 0;
-}
-
-static void tenant_ensured(void *arg, int err)
-{
-    char *name = arg;
-    if (err != 0)
-        loyd_log_err(DB, "tenant=%s cannot be recorded: %s", name, loyd_strerror(err));
-    free(name);
 }
 
 /* Loads the tenant's rule pack with its settings; a bad pack or setting is a config error. */
@@ -188,15 +181,6 @@ static int tenants_open_take(struct loyd_daemon *d, const struct loyd_config *cf
     }
     *out = ts;
     return 0;
-}
-
-static void tenants_record(struct loyd_daemon *d)
-{
-    for (size_t i = 0; i < d->n_tenants; i++) {
-        char *name = loyd_xstrdup(d->tenants[i]->cfg->name);
-        if (loyd_store_tenant_ensure(d->store, name, tenant_ensured, name) != 0)
-            free(name);
-    }
 }
 
 /* ---- webhooks -------------------------------------------------------------------------- */
@@ -469,7 +453,6 @@ int loyd_daemon_start(uv_loop_t *loop, const char *path, struct loyd_daemon **ou
     if ((rc = tenants_open_take(d, d->cfg, tcs, n, &d->tenants, &err)) != 0)
         goto fail;
     d->n_tenants = n;
-    tenants_record(d);
     apply_limits(d, &lim);
     if ((rc = loyd_httpd_create(loop, &lim, on_request, d, &d->httpd)) != 0)
         goto fail;
@@ -545,7 +528,6 @@ int loyd_daemon_reload(struct loyd_daemon *d)
     loyd_log_set_level(nc->log_level);
     apply_limits(d, &lim);
     loyd_httpd_set_limits(d->httpd, &lim);
-    tenants_record(d);
     loyd_log_notice(CONFIG, "reloaded %s (%zu tenants)", d->config_path, n);
     return 0;
 }

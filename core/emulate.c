@@ -135,21 +135,18 @@ int loyd_cmd_emulate(int argc, char **argv)
     if (rc == 0)
         rc = e.emu->start(&loyd_host_api, e.hctx, listen, options, &e.state, &port);
     json_decref(options);
+    uv_signal_init(&e.loop, &e.sigint);
+    uv_signal_init(&e.loop, &e.sigterm);
+    e.sigint.data = e.sigterm.data = &e;
     if (rc != 0) {
         fprintf(stderr, "loyd emulate: %s\n", err.data ? err.data : loyd_strerror(rc));
         e.state = NULL;
-        uv_signal_init(&e.loop, &e.sigint);
-        uv_signal_init(&e.loop, &e.sigterm);
-        e.sigint.data = e.sigterm.data = &e;
-        on_signal(&e.sigint, SIGTERM);
+        on_signal(&e.sigint, SIGTERM); /* the same orderly close as a signal */
         code = 2;
     } else {
         const char *colon = strrchr(listen, ':');
         loyd_log_notice(CORE, "emulator %s listening on %.*s:%d", crm,
                         (int)(colon ? colon - listen : 0), listen, port);
-        uv_signal_init(&e.loop, &e.sigint);
-        uv_signal_init(&e.loop, &e.sigterm);
-        e.sigint.data = e.sigterm.data = &e;
         uv_signal_start(&e.sigint, on_signal, SIGINT);
         uv_signal_start(&e.sigterm, on_signal, SIGTERM);
         code = 0;

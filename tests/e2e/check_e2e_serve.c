@@ -78,6 +78,19 @@ static int start(void)
     return port;
 }
 
+/* `loyd serve -c CONF` must exit 2 with a log that names every one of @p needles. */
+static void expect_refusal(const char *conf, const char *const *needles)
+{
+    const char *argv[] = {"serve", "-c", conf, NULL};
+    loyd_e2e_spawn(&proc, dir, argv);
+    int code = loyd_e2e_wait_exit(&proc, 10000);
+    char *log = loyd_e2e_log(&proc);
+    ck_assert_msg(code == 2, "exit %d, log:\n%s", code, log);
+    for (size_t i = 0; needles[i] != NULL; i++)
+        ck_assert_msg(strstr(log, needles[i]) != NULL, "log lacks '%s':\n%s", needles[i], log);
+    free(log);
+}
+
 static long inbox_rows(const char *body)
 {
     char path[600];
@@ -164,20 +177,9 @@ END_TEST
 START_TEST(test_config_typo_refuses_to_start)
 {
     write_conf("listne = \"127.0.0.1:0\"\nstore = \"loyd.db\"\n");
-    const char *argv[] = {"serve", "-c", "loyd.conf", NULL};
-    loyd_e2e_spawn(&proc, dir, argv);
-    int code = loyd_e2e_wait_exit(&proc, 10000);
-    char *log = loyd_e2e_log(&proc);
-    ck_assert_msg(code == 2, "exit %d, log:\n%s", code, log);
-    ck_assert_msg(strstr(log, "loyd.conf") && strstr(log, "listne") && strstr(log, "'listen'"),
-                  "log does not name file, key and suggestion:\n%s", log);
-    free(log);
-    const char *missing[] = {"serve", "-c", "nosuch.conf", NULL};
-    loyd_e2e_spawn(&proc, dir, missing);
-    code = loyd_e2e_wait_exit(&proc, 10000);
-    log = loyd_e2e_log(&proc);
-    ck_assert_msg(code == 2 && strstr(log, "nosuch.conf"), "exit %d, log:\n%s", code, log);
-    free(log);
+    /* The file, the key and the suggestion. */
+    expect_refusal("loyd.conf", (const char *const[]){"loyd.conf", "listne", "'listen'", NULL});
+    expect_refusal("nosuch.conf", (const char *const[]){"nosuch.conf", NULL});
 }
 END_TEST
 
@@ -189,15 +191,9 @@ START_TEST(test_sighup_reload)
     /* A broken config is refused and the old one keeps serving. */
     write_conf("listen = \"127.0.0.1:0\"\nstorre = \"x.db\"\n");
     kill(proc.pid, SIGHUP);
-    char *log = NULL;
-    for (int i = 0; i < 200; i++) {
-        free(log);
-        log = loyd_e2e_log(&proc);
-        if (strstr(log, "reload refused"))
-            break;
-        usleep(20000);
-    }
-    ck_assert_msg(strstr(log, "reload refused") && strstr(log, "storre"), "log:\n%s", log);
+    char *log;
+    ck_assert(loyd_e2e_wait_log(&proc, "reload refused", 4000, &log));
+    ck_assert_msg(strstr(log, "storre") != NULL, "log:\n%s", log);
     free(log);
     ck_assert_int_eq(loyd_e2e_http(port, "GET", "/healthz", NULL, NULL, 0, NULL), 200);
     /* A tenant whose pack settings are wrong is refused as a whole, too. */
@@ -205,16 +201,7 @@ START_TEST(test_sighup_reload)
     loyd_e2e_write(dir, "tenants.d/beta.conf", "connector = \"bitrix24\"\npack = \"retail\"\n"
                                                "settings = { points_ttl_days = \"soon\" }\n");
     kill(proc.pid, SIGHUP);
-    log = NULL;
-    for (int i = 0; i < 200; i++) {
-        free(log);
-        log = loyd_e2e_log(&proc);
-        if (strstr(log, "points_ttl_days"))
-            break;
-        usleep(20000);
-    }
-    ck_assert_msg(strstr(log, "points_ttl_days") != NULL, "log:\n%s", log);
-    free(log);
+    ck_assert(loyd_e2e_wait_log(&proc, "points_ttl_days", 4000, NULL));
     ck_assert_int_eq(loyd_e2e_http(port, "POST", "/hooks/beta", FORM, "a=1", 3, NULL), 404);
     /* A good one with a new tenant takes effect. */
     write_conf(DAEMON_CONF);
@@ -289,26 +276,12 @@ START_TEST(test_bad_pack_settings_refuse_to_start)
 {
     loyd_e2e_write(dir, "tenants.d/acme.conf", "connector = \"bitrix24\"\npack = \"retail\"\n"
                                                "settings = { welcom_points = 10 }\n");
-    const char *argv[] = {"serve", "-c", "loyd.conf", NULL};
-    loyd_e2e_spawn(&proc, dir, argv);
-    int code = loyd_e2e_wait_exit(&proc, 10000);
-    char *log = loyd_e2e_log(&proc);
-    ck_assert_msg(code == 2 && strstr(log, "welcom_points") && strstr(log, "welcome_points"),
-                  "exit %d, log:\n%s", code, log);
-    free(log);
+    expect_refusal("loyd.conf", (const char *const[]){"welcom_points", "welcome_points", NULL});
     loyd_e2e_write(dir, "tenants.d/acme.conf", "connector = \"bitrix24\"\npack = \"nosuch\"\n");
-    loyd_e2e_spawn(&proc, dir, argv);
-    code = loyd_e2e_wait_exit(&proc, 10000);
-    log = loyd_e2e_log(&proc);
-    ck_assert_msg(code == 2 && strstr(log, "nosuch"), "exit %d, log:\n%s", code, log);
-    free(log);
+    expect_refusal("loyd.conf", (const char *const[]){"nosuch", NULL});
     loyd_e2e_write(dir, "tenants.d/acme.conf", "connector = \"bitrix24\"\npack = \"retail\"\n"
                                                "timezone = \"Mars/Olympus\"\n");
-    loyd_e2e_spawn(&proc, dir, argv);
-    code = loyd_e2e_wait_exit(&proc, 10000);
-    log = loyd_e2e_log(&proc);
-    ck_assert_msg(code == 2 && strstr(log, "Mars/Olympus"), "exit %d, log:\n%s", code, log);
-    free(log);
+    expect_refusal("loyd.conf", (const char *const[]){"Mars/Olympus", NULL});
 }
 END_TEST
 

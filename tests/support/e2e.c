@@ -94,6 +94,24 @@ char *loyd_e2e_log(const struct loyd_proc *p)
     return buf;
 }
 
+bool loyd_e2e_wait_log(const struct loyd_proc *p, const char *needle, int timeout_ms, char **log)
+{
+    char *text = NULL;
+    bool found = false;
+    for (int waited = 0; !found && waited <= timeout_ms; waited += 20) {
+        free(text);
+        text = loyd_e2e_log(p);
+        found = strstr(text, needle) != NULL;
+        if (!found)
+            sleep_ms(20);
+    }
+    if (log != NULL)
+        *log = text;
+    else
+        free(text);
+    return found;
+}
+
 int loyd_e2e_wait_port(struct loyd_proc *p, int timeout_ms)
 {
     for (int waited = 0; waited < timeout_ms; waited += 20) {

@@ -6,6 +6,7 @@
 #ifndef LOYD_TEST_E2E_H
 #define LOYD_TEST_E2E_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -24,6 +25,11 @@ int loyd_e2e_spawn(struct loyd_proc *p, const char *dir, const char *const argv[
 int loyd_e2e_wait_port(struct loyd_proc *p, int timeout_ms);
 /** Waits for the child to exit; @return its exit status (128+sig if killed) or -1 on timeout. */
 int loyd_e2e_wait_exit(struct loyd_proc *p, int timeout_ms);
+/**
+ * Waits until the child's log contains @p needle.  @return true if it did within the time;
+ * *log (may be NULL) gets the log as last read (free()).
+ */
+bool loyd_e2e_wait_log(const struct loyd_proc *p, const char *needle, int timeout_ms, char **log);
 /** @return new contents of the child's log (free()). */
 char *loyd_e2e_log(const struct loyd_proc *p);
 /**
