@@ -112,16 +112,24 @@ struct loyd_errbuf {
  * Notices (webhook_parse output) are JSON objects, one per changed entity:
  *   {"entity": "deal"|"contact", "id": "759", "action": "add"|"update"|"delete"|"install",
  *    "crm_event": "ONCRMDEALUPDATE", "ts": 1736405807, ...connector extras}
- * Snapshots (enrich output) are canonical, the same for every CRM:
- *   {"kind": "deal", "id": "759", "won": true, "amount": 125000, "currency": "RUB",
- *    "contact_id": "43", "modified_at": ...}
- *   {"kind": "contact", "id": "43", "name": "...", "birthday": "1990-02-28",
- *    "fields": {...loyd's own CRM fields as the CRM shows them...}}
+ * Snapshots (enrich and sync output) are canonical, the same for every CRM:
+ *   {"kind": "deal", "id": "759", "won": true, "stage": "C1:WON", "amount": 125000,
+ *    "currency": "RUB", "contact_id": "43" (or absent), "redeem_points": 0,
+ *    "modified_at": <ms>}
+ *   {"kind": "contact", "id": "43", "name": "Anna Petrova", "phone": "+7...", "email": "...",
+ *    "birthday": "1990-02-28" (or absent), "modified_at": <ms>,
+ *    "attributes": {...CRM fields the tenant maps to member attributes...},
+ *    "fields": {...loyd's own CRM fields as the CRM shows them: "balance", "tier", ...}}
+ *   {"kind": "deal"|"contact", "id": "759", "deleted": true}   (gone from the CRM)
  * Amounts are integers in minor units.  The host turns snapshots into canonical events
  * (deal.won, deal.reopened, ...) by comparing them with what it stored before, so every CRM
- * gets the same exactly-once semantics.
+ * gets the same exactly-once semantics.  "fields" and "modified_at" never make an event: they
+ * change when loyd itself writes, so the CRM's echo of loyd's own write is recognised.
  *
- * Write-back items (write input) are JSON objects:
+ * Write-back items (write input) are JSON objects.  Each carries "uid", unique and stable
+ * across retries, and "uncertain": true when an earlier attempt may have reached the CRM
+ * (loyd stopped while it was in flight): an add (note, task) must then first look for its uid
+ * in the CRM and not be added twice.
  *   {"op": "contact.fields", "contact_id": "43", "fields": {"balance": 1250, "tier": "gold"}}
  *   {"op": "note",  "entity": "contact", "id": "43", "text": "..."}
  *   {"op": "task",  "entity": "contact", "id": "43", "title": "...", "text": "...",
@@ -132,6 +140,18 @@ typedef void (*loyd_enrich_cb)(void *arg, int err, json_t *snapshots /* owned ar
 /* results[i] is 0 (done), LOYD_ERATE or LOYD_EHTTP (retry later), or another code (dead). */
 typedef void (*loyd_write_cb)(void *arg, const int *results, size_t n);
 typedef void (*loyd_done_cb)(void *arg, int err);
+/*
+ * One page of sync output: snapshots (owned array, ordered by id ascending), and more = true
+ * when another page follows (call sync again with after_id = the last snapshot's id).
+ */
+typedef void (*loyd_sync_cb)(void *arg, int err, json_t *snapshots, bool more);
+
+/* What sync() reads: a page of one entity kind, by id, optionally only recent changes. */
+struct loyd_sync_request {
+    const char *entity;         /* "contact" or "deal" */
+    const char *after_id;       /* ids greater than this; NULL or "" from the start */
+    uint64_t modified_since_ms; /* 0: everything; else modified at or after this time */
+};
 
 /* How the host paces write() calls for one tenant. */
 struct loyd_rate_policy {
@@ -252,6 +272,13 @@ struct loyd_connector_ops {
 
     /* Schema of the tenant file's `crm` table; the host validates it before tenant_open. */
     const struct loyd_config_field *tenant_config;
+
+    /*
+     * Reads one page of contacts or deals as snapshots: the start-up contact sync (birthdays,
+     * balances already on the cards) and the periodic sweep by modification time that
+     * catches events the CRM never delivered.  May be NULL.  Asynchronous.
+     */
+    int (*sync)(void *tenant, const struct loyd_sync_request *req, loyd_sync_cb cb, void *arg);
 };
 
 struct loyd_plugin {
