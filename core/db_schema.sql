@@ -126,3 +126,8 @@ CREATE TABLE dead_letters (
     created_ms  INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX dead_letters_tenant ON dead_letters (tenant, id);
+
+-- migration 2
+-- A write-back handed to the CRM and not finished yet: after a crash it may or may not have
+-- landed, so an add (a note, a task) must be looked for before it is sent again.
+ALTER TABLE outbox ADD COLUMN sending INTEGER NOT NULL DEFAULT 0 CHECK (sending IN (0, 1));

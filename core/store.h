@@ -175,6 +175,11 @@ struct loyd_apply {
     const char *trace_json;   /* JSON text or NULL */
     const char *pack_version; /* may be NULL */
     uint64_t applied_ms;      /* 0: now; stamps the event, ledger and outbox rows */
+    /* The CRM state this event was derived from, stored (kv of the tenant) in the same
+     * transaction, also when the event was applied before: NULL key = none, NULL json with a
+     * key = delete it.  So an event and the state it moved away from can never disagree. */
+    const char *state_key;
+    const char *state_json;
 };
 
 /**
@@ -236,7 +241,8 @@ LOYD_MUST_CHECK int loyd_store_event_get(struct loyd_store *s, const char *tenan
 /**
  * Pending write-backs due at @now_ms, oldest first, at most @max, of @tenant or all (NULL):
  * objects {"id","tenant","member_id","event_key","payload","attempts","next_attempt_ms",
- * "created_ms"} ("payload" parsed).  Per member order is kept: an item is held back while an
+ * "created_ms","sending"} ("payload" parsed; "sending" 1 when it was handed to the CRM before
+ * and not finished: it may have landed).  Per member order is kept: an item is held back while an
  * older pending item of the same member exists (e.g. waiting for its retry), so a stale value
  * is never written after a newer one.  Items stay pending until finished: don't fetch again
  * before finishing what was fetched, or skip the ids already in flight.
@@ -252,6 +258,22 @@ LOYD_MUST_CHECK int loyd_store_outbox_pending(struct loyd_store *s, const char *
 LOYD_MUST_CHECK int loyd_store_outbox_finish(struct loyd_store *s, int64_t id, const char *status,
                                              uint64_t retry_at_ms, const char *error,
                                              loyd_store_cb cb, void *arg);
+
+/**
+ * Marks pending items as handed to the CRM (durably, before they are sent): after a crash,
+ * outbox_pending shows them with "sending": 1.  Finishing an item does not clear it.
+ */
+LOYD_MUST_CHECK int loyd_store_outbox_sending(struct loyd_store *s, const int64_t *ids, size_t n,
+                                              loyd_store_cb cb, void *arg);
+
+/**
+ * Members of @tenant with a member_id greater than @after_member_id (NULL or "": from the
+ * start), ordered by member_id, at most @max: a new array of {"member_id","profile"}.  The
+ * daily scheduler pages through it.
+ */
+LOYD_MUST_CHECK int loyd_store_members_list(struct loyd_store *s, const char *tenant,
+                                            const char *after_member_id, size_t max,
+                                            json_t **out);
 
 /** Depth gauges for /metrics: inbox 'new' rows, outbox 'pending' items, dead letter rows. */
 LOYD_MUST_CHECK int loyd_store_depths(struct loyd_store *s, int64_t *inbox_pending,
@@ -302,6 +324,10 @@ struct loyd_store_backend {
                          const char *error, loyd_store_cb cb, void *arg);
     int (*depths)(struct loyd_store *s, int64_t *inbox_pending, int64_t *outbox_pending,
                   int64_t *dead_letters);
+    int (*outbox_sending)(struct loyd_store *s, const int64_t *ids, size_t n, loyd_store_cb cb,
+                          void *arg);
+    int (*members_list)(struct loyd_store *s, const char *tenant, const char *after, size_t max,
+                        json_t **out);
 };
 
 struct loyd_store {

@@ -58,7 +58,8 @@ enum op_kind {
     OP_KV_PUT,
     OP_DEAD,
     OP_APPLY,
-    OP_OUTBOX_FINISH
+    OP_OUTBOX_FINISH,
+    OP_OUTBOX_SENDING
 };
 
 /* Copies of the caller's strings live in chunks owned by the op (freed with it). */
@@ -98,6 +99,10 @@ struct op {
             const char *tenant, *kind, *ref, *payload, *error;
         } dead;
         struct loyd_apply apply;
+        struct {
+            const int64_t *ids;
+            size_t n;
+        } sending;
     } u;
 };
 
@@ -187,6 +192,7 @@ enum wstmt {
     W_OUTBOX_FINISH,
     W_OUTBOX_EXISTS,
     W_OUTBOX_DEAD,
+    W_OUTBOX_SENDING,
     W_COUNT
 };
 
@@ -243,6 +249,7 @@ static const char *const wsql[W_COUNT] = {
     [W_OUTBOX_DEAD] = "INSERT INTO dead_letters (tenant, kind, ref, payload, error, created_ms) "
                       "SELECT tenant, 'outbox', CAST(id AS TEXT), payload, ?2, ?3 FROM outbox "
                       "WHERE id = ?1",
+    [W_OUTBOX_SENDING] = "UPDATE outbox SET sending = 1 WHERE id = ?1 AND status = 'pending'",
 };
 
 #define LEDGER_COLS                                                                                \
@@ -250,7 +257,7 @@ static const char *const wsql[W_COUNT] = {
     "pack_version, campaign"
 #define OUTBOX_SELECT                                                                              \
     "SELECT o.id, o.tenant, o.member_id, o.event_key, o.payload, o.attempts, o.next_attempt_ms, "  \
-    "o.created_ms FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_ms <= ?1 "           \
+    "o.created_ms, o.sending FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_ms <= ?1 "           \
     "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status = 'pending' "                           \
     "AND p.tenant = o.tenant AND p.member_id = o.member_id AND p.id < o.id) "
 
@@ -270,6 +277,7 @@ enum rstmt {
     R_OUTBOX_PENDING,
     R_OUTBOX_PENDING_T,
     R_DEPTHS,
+    R_MEMBERS,
     R_COUNT
 };
 
@@ -303,6 +311,8 @@ static const char *const rsql[R_COUNT] = {
     [R_DEPTHS] = "SELECT (SELECT COUNT(*) FROM inbox WHERE status = 'new'), "
                  "(SELECT COUNT(*) FROM outbox WHERE status = 'pending'), "
                  "(SELECT COUNT(*) FROM dead_letters)",
+    [R_MEMBERS] = "SELECT member_id, json FROM members WHERE tenant = ?1 AND member_id > ?2 "
+                  "ORDER BY member_id LIMIT ?3",
 };
 
 enum sq_state { SQ_OPEN, SQ_CLOSING, SQ_CLOSED };
@@ -823,6 +833,40 @@ static int w_inbox_done(struct sq_store *s, int64_t inbox_id, uint64_t now)
     return st_exec(s->wdb, st);
 }
 
+/* The CRM state the event was derived from, stored with it (struct loyd_apply.state_key). */
+static int w_apply_state(struct sq_store *s, const struct loyd_apply *a, uint64_t now)
+{
+    sqlite3_stmt *st = NULL;
+    int err;
+
+    if (a->state_key == NULL)
+        return 0;
+    if ((err = wprep(s, a->state_json != NULL ? W_KV_PUT : W_KV_DEL, &st)) != 0)
+        return err;
+    bind_text(st, 1, a->tenant);
+    bind_text(st, 2, a->state_key);
+    if (a->state_json != NULL) {
+        bind_text(st, 3, a->state_json);
+        bind_ms(st, 4, now);
+    }
+    return st_exec(s->wdb, st);
+}
+
+static int w_outbox_sending(struct sq_store *s, struct op *op)
+{
+    sqlite3_stmt *st = NULL;
+    int err;
+
+    for (size_t i = 0; i < op->u.sending.n; i++) {
+        if ((err = wprep(s, W_OUTBOX_SENDING, &st)) != 0)
+            return err;
+        bind_i64(st, 1, op->u.sending.ids[i]);
+        if ((err = st_exec(s->wdb, st)) != 0)
+            return err;
+    }
+    return 0;
+}
+
 static int w_apply_ids(struct sq_store *s, struct op *op, int64_t *real_ids)
 {
     const struct loyd_apply *a = &op->u.apply;
@@ -846,10 +890,13 @@ static int w_apply_ids(struct sq_store *s, struct op *op, int64_t *real_ids)
     err = st_int(s->wdb, st, &id);
     if (err == -ENOENT) {
         /* Applied before (a duplicate or echoed webhook): its inbox row has nothing left to do. */
-        err = w_inbox_done(s, a->inbox_id, now);
+        if ((err = w_apply_state(s, a, now)) == 0)
+            err = w_inbox_done(s, a->inbox_id, now);
         return err != 0 ? err : LOYD_EDUP;
     }
     if (err != 0)
+        return err;
+    if ((err = w_apply_state(s, a, now)) != 0)
         return err;
 
     if (a->member_id != NULL) {
@@ -950,6 +997,8 @@ static int w_op(struct sq_store *s, struct op *op)
         return w_dead(s, op);
     case OP_APPLY:
         return w_apply(s, op);
+    case OP_OUTBOX_SENDING:
+        return w_outbox_sending(s, op);
     }
     return -EINVAL;
 }
@@ -1199,6 +1248,21 @@ static int sq_outbox_finish(struct loyd_store *base, int64_t id, const char *sta
     return finish_submit(SQ(base), OP_OUTBOX_FINISH, id, status, retry_at_ms, error, cb, arg);
 }
 
+static int sq_outbox_sending(struct loyd_store *base, const int64_t *ids, size_t n,
+                             loyd_store_cb cb, void *arg)
+{
+    struct op *op = op_new(OP_OUTBOX_SENDING);
+    int64_t *copy = op_alloc(op, (n > 0 ? n : 1) * sizeof(*copy));
+
+    op->cb = cb;
+    op->arg = arg;
+    if (n > 0)
+        memcpy(copy, ids, n * sizeof(*copy));
+    op->u.sending.ids = copy;
+    op->u.sending.n = n;
+    return enqueue(SQ(base), op);
+}
+
 static int sq_tenant_ensure(struct loyd_store *base, const char *tenant, loyd_store_cb cb,
                             void *arg)
 {
@@ -1253,6 +1317,8 @@ static int sq_apply(struct loyd_store *base, const struct loyd_apply *src, loyd_
     a->member_json = op_str(op, src->member_json);
     a->trace_json = op_str(op, src->trace_json);
     a->pack_version = op_str(op, src->pack_version);
+    a->state_key = op_str(op, src->state_key);
+    a->state_json = op_str(op, src->state_json);
     if (a->applied_ms == 0)
         a->applied_ms = op->now_ms;
     a->ledger = NULL;
@@ -1314,6 +1380,11 @@ static const struct col event_cols[] = {
 static const struct col outbox_cols[] = {
     {"id", C_INT},       {"tenant", C_TEXT},  {"member_id", C_TEXT},      {"event_key", C_TEXT},
     {"payload", C_JSON}, {"attempts", C_INT}, {"next_attempt_ms", C_INT}, {"created_ms", C_INT},
+    {"sending", C_INT},
+};
+static const struct col member_list_cols[] = {
+    {"member_id", C_TEXT},
+    {"profile", C_JSON},
 };
 
 static json_t *col_value(sqlite3_stmt *st, int i, enum col_type type)
@@ -1573,6 +1644,20 @@ static int sq_outbox_pending(struct loyd_store *base, const char *tenant, uint64
     return read_rows(s, st, outbox_cols, LOYD_ARRAY_SIZE(outbox_cols), out);
 }
 
+static int sq_members_list(struct loyd_store *base, const char *tenant, const char *after,
+                           size_t max, json_t **out)
+{
+    struct sq_store *s = SQ(base);
+    sqlite3_stmt *st = NULL;
+    int err = reader(s, R_MEMBERS, &st);
+    if (err != 0)
+        return err;
+    bind_text(st, 1, tenant);
+    bind_text(st, 2, after != NULL ? after : "");
+    bind_i64(st, 3, clamp_max(max));
+    return read_rows(s, st, member_list_cols, LOYD_ARRAY_SIZE(member_list_cols), out);
+}
+
 static int sq_depths(struct loyd_store *base, int64_t *inbox_pending, int64_t *outbox_pending,
                      int64_t *dead_letters)
 {
@@ -1616,6 +1701,8 @@ const struct loyd_store_backend loyd_store_backend_sqlite = {
     .campaign_totals = sq_campaign_totals,
     .event_get = sq_event_get,
     .outbox_pending = sq_outbox_pending,
+    .outbox_sending = sq_outbox_sending,
+    .members_list = sq_members_list,
     .outbox_finish = sq_outbox_finish,
     .depths = sq_depths,
 };
@@ -1856,6 +1943,23 @@ int loyd_store_outbox_finish(struct loyd_store *s, int64_t id, const char *statu
     if (!one_of(status, ok))
         return -EINVAL;
     return s->be->outbox_finish(s, id, status, retry_at_ms, error, cb, arg);
+}
+
+int loyd_store_outbox_sending(struct loyd_store *s, const int64_t *ids, size_t n,
+                              loyd_store_cb cb, void *arg)
+{
+    if (ids == NULL && n > 0)
+        return -EINVAL;
+    return s->be->outbox_sending(s, ids, n, cb, arg);
+}
+
+int loyd_store_members_list(struct loyd_store *s, const char *tenant, const char *after_member_id,
+                            size_t max, json_t **out)
+{
+    *out = NULL;
+    if (tenant == NULL)
+        return -EINVAL;
+    return s->be->members_list(s, tenant, after_member_id, max, out);
 }
 
 int loyd_store_depths(struct loyd_store *s, int64_t *inbox_pending, int64_t *outbox_pending,

@@ -171,7 +171,7 @@ START_TEST(test_open_migrates)
     ck_assert_int_eq(r.err, 0);
     close_store(s);
 
-    ck_assert_int_eq(raw_int(dbpath, "PRAGMA user_version"), 1);
+    ck_assert_int_eq(raw_int(dbpath, "PRAGMA user_version"), 2);
     ck_assert_int_eq(raw_int(dbpath, "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND "
                                      "name IN ('tenants','inbox','events','members','ledger',"
                                      "'outbox','kv','dead_letters')"),
@@ -180,14 +180,14 @@ START_TEST(test_open_migrates)
     ck_assert_int_eq(stat(dbpath, &sb), 0);
     ck_assert_int_eq(sb.st_mode & 0777, 0600); /* tokens live here */
 
-    /* Reopen: migration 1 is not run again (it would fail on CREATE TABLE), data is intact. */
+    /* Reopen: migrations are not run again (it would fail on CREATE TABLE), data is intact. */
     s = open_store();
     char *v = NULL;
     ck_assert_int_eq(loyd_store_kv_get(s, "acme", "token", &v), 0);
     ck_assert_str_eq(v, "t1");
     free(v);
     close_store(s);
-    ck_assert_int_eq(raw_int(dbpath, "PRAGMA user_version"), 1);
+    ck_assert_int_eq(raw_int(dbpath, "PRAGMA user_version"), 2);
     ck_assert_int_eq(raw_int(dbpath, "SELECT COUNT(*) FROM kv"), 1);
 }
 END_TEST
@@ -197,26 +197,26 @@ START_TEST(test_migration_v2_appends)
     struct loyd_store *s = open_store();
     close_store(s);
 
-    char *v2 = loyd_xasprintf("%s\n-- migration 2\nCREATE TABLE extra (x INTEGER);\n"
+    char *v2 = loyd_xasprintf("%s\n-- migration 3\nCREATE TABLE extra (x INTEGER);\n"
                               "INSERT INTO extra VALUES (42);\n",
                               loyd_db_schema_sql);
     ck_assert_int_eq(loyd__store_sqlite_open_schema(&loop, dbpath, v2, &s), 0);
     close_store(s);
-    ck_assert_int_eq(raw_int(dbpath, "PRAGMA user_version"), 2);
+    ck_assert_int_eq(raw_int(dbpath, "PRAGMA user_version"), 3);
     ck_assert_int_eq(raw_int(dbpath, "SELECT x FROM extra"), 42);
     /* Reopening with the same text applies nothing (an INSERT again would make 2 rows). */
     ck_assert_int_eq(loyd__store_sqlite_open_schema(&loop, dbpath, v2, &s), 0);
     close_store(s);
     ck_assert_int_eq(raw_int(dbpath, "SELECT COUNT(*) FROM extra"), 1);
 
-    /* A failing migration 3 rolls back alone: the file stays at version 2. */
-    char *v3 = loyd_xasprintf("%s-- migration 3\nCREATE TABLE more (y);\nSELECT nosuchfn();\n", v2);
+    /* A failing migration 4 rolls back alone: the file stays at version 3. */
+    char *v3 = loyd_xasprintf("%s-- migration 4\nCREATE TABLE more (y);\nSELECT nosuchfn();\n", v2);
     ck_assert_int_eq(loyd__store_sqlite_open_schema(&loop, dbpath, v3, &s), LOYD_EDB);
     ck_assert_ptr_null(s);
-    ck_assert_int_eq(raw_int(dbpath, "PRAGMA user_version"), 2);
+    ck_assert_int_eq(raw_int(dbpath, "PRAGMA user_version"), 3);
     ck_assert_int_eq(raw_int(dbpath, "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'more'"), 0);
 
-    /* An older loyd (schema 1 only) refuses a version 2 file rather than misreading it. */
+    /* An older loyd (schema 1-2 only) refuses a version 3 file rather than misreading it. */
     ck_assert_int_eq(loyd_store_open(&loop, dbpath, &s), LOYD_EDB);
     ck_assert_ptr_null(s);
 
@@ -787,6 +787,99 @@ START_TEST(test_outbox)
 }
 END_TEST
 
+START_TEST(test_apply_state_and_sending)
+{
+    struct loyd_store *s = open_store();
+    struct loyd_outbox_item items[2] = {
+        {.member_id = "A", .payload_json = "{\"n\":1}"},
+        {.member_id = "B", .payload_json = "{\"n\":2}"},
+    };
+    struct loyd_apply a = {.tenant = "acme",
+                           .event_key = "deal:1:won:1",
+                           .event_type = "deal.won",
+                           .member_id = "A",
+                           .outbox = items,
+                           .n_outbox = 2,
+                           .applied_ms = 1000,
+                           .state_key = "state:deal:1",
+                           .state_json = "{\"won\":true}"};
+    ck_assert_int_eq(apply_sync(s, &a), 0);
+    char *v = NULL;
+    ck_assert_int_eq(loyd_store_kv_get(s, "acme", "state:deal:1", &v), 0);
+    ck_assert_str_eq(v, "{\"won\":true}");
+    free(v);
+
+    /* A second delivery changes nothing but still stores the newer state it carries. */
+    a.state_json = "{\"won\":true,\"seen\":2}";
+    ck_assert_int_eq(apply_sync(s, &a), LOYD_EDUP);
+    ck_assert_int_eq(loyd_store_kv_get(s, "acme", "state:deal:1", &v), 0);
+    ck_assert_str_eq(v, "{\"won\":true,\"seen\":2}");
+    free(v);
+
+    /* A failed apply stores no state either. */
+    struct loyd_ledger_entry bad = {.points = -5, .kind = "redeem", .lot_id = 999};
+    struct loyd_apply b = {.tenant = "acme",
+                           .event_key = "deal:2:won:1",
+                           .event_type = "deal.won",
+                           .member_id = "A",
+                           .ledger = &bad,
+                           .n_ledger = 1,
+                           .state_key = "state:deal:2",
+                           .state_json = "{\"won\":true}"};
+    ck_assert_int_eq(apply_sync(s, &b), -EINVAL);
+    ck_assert_int_eq(loyd_store_kv_get(s, "acme", "state:deal:2", &v), 0);
+    ck_assert_ptr_null(v);
+
+    /* sending: durable, shown by outbox_pending, only for the ids given. */
+    json_t *p = NULL;
+    ck_assert_int_eq(loyd_store_outbox_pending(s, "acme", 1000, 10, &p), 0);
+    ck_assert_uint_eq(json_array_size(p), 2);
+    int64_t ida = jint(json_array_get(p, 0), "id");
+    ck_assert_int_eq(jint(json_array_get(p, 0), "sending"), 0);
+    json_decref(p);
+    struct res r = {0};
+    ck_assert_int_eq(loyd_store_outbox_sending(s, &ida, 1, on_done, &r), 0);
+    wait_for(&r.done, 1);
+    ck_assert_int_eq(r.err, 0);
+    close_store(s);
+    s = open_store();
+    ck_assert_int_eq(loyd_store_outbox_pending(s, "acme", 1000, 10, &p), 0);
+    ck_assert_int_eq(jint(json_array_get(p, 0), "sending"), 1);
+    ck_assert_int_eq(jint(json_array_get(p, 1), "sending"), 0);
+    json_decref(p);
+    close_store(s);
+}
+END_TEST
+
+START_TEST(test_members_list)
+{
+    struct loyd_store *s = open_store();
+    char id[16], key[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof(id), "m%d", i);
+        snprintf(key, sizeof(key), "e%d", i);
+        struct loyd_apply a = {.tenant = i == 4 ? "other" : "acme",
+                               .event_key = key,
+                               .event_type = "t",
+                               .member_id = id,
+                               .member_json = "{\"birthday\":\"1990-05-17\"}"};
+        ck_assert_int_eq(apply_sync(s, &a), 0);
+    }
+    json_t *p = NULL;
+    ck_assert_int_eq(loyd_store_members_list(s, "acme", NULL, 3, &p), 0);
+    ck_assert_uint_eq(json_array_size(p), 3);
+    ck_assert_str_eq(jstr(json_array_get(p, 2), "member_id"), "m2");
+    ck_assert_str_eq(jstr(json_object_get(json_array_get(p, 0), "profile"), "birthday"),
+                     "1990-05-17");
+    json_decref(p);
+    ck_assert_int_eq(loyd_store_members_list(s, "acme", "m2", 3, &p), 0);
+    ck_assert_uint_eq(json_array_size(p), 1); /* m3; m4 belongs to another tenant */
+    ck_assert_str_eq(jstr(json_array_get(p, 0), "member_id"), "m3");
+    json_decref(p);
+    close_store(s);
+}
+END_TEST
+
 /* ---- kv, close ----------------------------------------------------------------------------- */
 
 START_TEST(test_kv)
@@ -978,6 +1071,8 @@ Suite *store_suite(void)
     tcase_add_test(tc, test_apply_atomic_idempotent);
     tcase_add_test(tc, test_lots_and_balance);
     tcase_add_test(tc, test_outbox);
+    tcase_add_test(tc, test_apply_state_and_sending);
+    tcase_add_test(tc, test_members_list);
     tcase_add_test(tc, test_kv);
     tcase_add_test(tc, test_close_flushes);
     tcase_add_test(tc, test_crash_durability);
