@@ -54,6 +54,16 @@ void loyd_engine_destroy(struct loyd_engine *e)
     free(e);
 }
 
+bool loyd_engine_handles(const struct loyd_engine *e, const char *type)
+{
+    return loyd_rules_handles(e->rules, type);
+}
+
+int loyd_engine_tz_offset_min(const struct loyd_engine *e)
+{
+    return e->tz_offset_min;
+}
+
 const char *loyd_engine_tenant(const struct loyd_engine *e)
 {
     return e->tenant;
@@ -127,8 +137,11 @@ static json_t *member_input(const char *mid, const json_t *profile, const json_t
     const json_t *contact = json_object_get(ev, "contact");
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
         json_t *v = json_object_get(profile, keys[i]);
-        if ((v == NULL || json_is_null(v)) && i >= 1 && i <= 2)
-            v = json_object_get(contact, keys[i]);
+        json_t *cv = json_object_get(contact, keys[i]);
+        /* The CRM owns the birthday; the referrer is kept once known. */
+        if ((i == 1 && cv != NULL && !json_is_null(cv)) ||
+            ((v == NULL || json_is_null(v)) && i == 2))
+            v = cv;
         if (v != NULL && !json_is_null(v))
             json_object_set(m, keys[i], v);
     }
@@ -141,10 +154,10 @@ static json_t *member_profile(const json_t *old, const json_t *member_in, const 
     json_t *p = json_is_object(old) ? json_deep_copy(old) : json_object();
     const char *k;
     json_t *v;
-    /* Keep what the event told us about the contact. */
+    /* Keep what the event told us about the contact (the birthday as the CRM has it now). */
     json_object_foreach((json_t *)member_in, k, v)
     {
-        if (strcmp(k, "id") != 0 && json_object_get(p, k) == NULL)
+        if (strcmp(k, "id") != 0 && (json_object_get(p, k) == NULL || strcmp(k, "birthday") == 0))
             json_object_set(p, k, v);
     }
     json_object_foreach(json_object_get(res, "member"), k, v)
@@ -202,8 +215,38 @@ static uint64_t seed_of(const char *key)
     return h;
 }
 
+/* The deal's net points after this event: its stored rows plus the new ones with its ref. */
+static json_t *deal_mark(const json_t *ev, const char *mid, const json_t *stored,
+                         const json_t *new_rows)
+{
+    const char *type = sfield(ev, "type");
+    const char *deal = sfield(json_object_get(ev, "deal"), "id");
+    int64_t net = 0;
+    const json_t *r;
+    size_t i;
+
+    if (deal == NULL || (strcmp(type, "deal.won") != 0 && strcmp(type, "deal.reopened") != 0))
+        return NULL;
+    json_array_foreach(stored, i, r)
+        if (sfield(r, "ref") != NULL && strcmp(sfield(r, "ref"), deal) == 0)
+            net += ifield(r, "points");
+    json_array_foreach(new_rows, i, r)
+        if (sfield(r, "ref") != NULL && strcmp(sfield(r, "ref"), deal) == 0 &&
+            (sfield(r, "member_id") == NULL || strcmp(sfield(r, "member_id"), mid) == 0))
+            net += ifield(r, "points");
+    return json_pack("{s:s, s:s, s:I}", "op", "deal.mark", "deal_id", deal, "awarded",
+                     (json_int_t)net);
+}
+
 int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s, const json_t *event,
                         int64_t inbox_id, loyd_store_cb cb, void *arg)
+{
+    return loyd_engine_process_state(e, s, event, inbox_id, NULL, NULL, cb, arg);
+}
+
+int loyd_engine_process_state(struct loyd_engine *e, struct loyd_store *s, const json_t *event,
+                              int64_t inbox_id, const char *state_key, const char *state_json,
+                              loyd_store_cb cb, void *arg)
 {
     if (e == NULL || s == NULL || !json_is_object(event))
         return -EINVAL;
@@ -294,6 +337,9 @@ int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s, const json_
     }
     /* Write-backs. */
     json_t *ob = json_object_get(res, "outbox");
+    json_t *mark = deal_mark(ev, mid, stored_rows, lrows);
+    if (mark != NULL)
+        json_array_append_new(ob, mark);
     no = json_array_size(ob);
     oitems = loyd_xcalloc(no > 0 ? no : 1, sizeof(*oitems));
     otexts = loyd_xcalloc(no > 0 ? no : 1, sizeof(*otexts));
@@ -330,6 +376,9 @@ int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s, const json_
         .n_outbox = no,
         .trace_json = trace_text,
         .pack_version = e->pack->version,
+        .applied_ms = (uint64_t)ifield(ev, "at"),
+        .state_key = state_key,
+        .state_json = state_json,
     };
     rc = loyd_store_apply(s, &a, cb, arg);
 

@@ -10,11 +10,14 @@
  *
  * The member is named by the event: contact.id, else deal.contact_id, else member_id.
  * The member row's profile JSON holds {tier, birthday, referrer, attributes,
- * last_birthday_offer_year, purchases:[{deal_id, amount, currency, at}]}; birthday and referrer
- * are taken from the event's contact when the profile has none.
+ * last_birthday_offer_year, purchases:[{deal_id, amount, currency, at}]}.  The CRM owns the
+ * birthday: an event's contact birthday replaces the stored one; the referrer is taken from
+ * the event's contact when the profile has none.
  *
- * Not done yet: campaign totals (budgets) are not tracked across events (the store has no
- * campaign column), so loyd_rules_eval gets none; a ledger row's "campaign" is not stored.
+ * Ledger, event and outbox rows are stamped with the event's "at" (the daemon's clock, which
+ * the demo moves), so dates the rules compute and dates the store shows agree.  A deal.won or
+ * deal.reopened also queues {"op":"deal.mark","deal_id","awarded"}: the deal's net points,
+ * written to the deal card.
  *
  * Threading: the loop thread (the store's), one engine used by one thread at a time.
  */
@@ -45,6 +48,11 @@ LOYD_MUST_CHECK int loyd_engine_create(const char *tenant, const char *pack_dir,
 /** Accepts NULL. */
 void loyd_engine_destroy(struct loyd_engine *e);
 
+/** Whether the pack handles @p type (an event nobody handles need not be applied). */
+bool loyd_engine_handles(const struct loyd_engine *e, const char *type);
+/** The tenant's UTC offset in minutes (its calendar: birthdays, expiry dates). */
+int loyd_engine_tz_offset_min(const struct loyd_engine *e);
+
 /** Borrowed: the tenant name, the effective settings, the pack version. */
 const char *loyd_engine_tenant(const struct loyd_engine *e);
 const json_t *loyd_engine_settings(const struct loyd_engine *e);
@@ -68,5 +76,15 @@ const char *loyd_engine_pack_version(const struct loyd_engine *e);
 LOYD_MUST_CHECK int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s,
                                         const json_t *event, int64_t inbox_id, loyd_store_cb cb,
                                         void *arg);
+
+/**
+ * loyd_engine_process that also stores the CRM state the event was derived from (derive.h)
+ * in the same transaction (struct loyd_apply.state_key/state_json; both may be NULL).  A
+ * failing rule stores no state: the caller decides.
+ */
+LOYD_MUST_CHECK int loyd_engine_process_state(struct loyd_engine *e, struct loyd_store *s,
+                                              const json_t *event, int64_t inbox_id,
+                                              const char *state_key, const char *state_json,
+                                              loyd_store_cb cb, void *arg);
 
 #endif

@@ -83,6 +83,14 @@ size_t loyd_rules_handler_count(const struct loyd_rules *r)
     return r->nh;
 }
 
+bool loyd_rules_handles(const struct loyd_rules *r, const char *type)
+{
+    for (size_t i = 0; i < r->nh; i++)
+        if (strcmp(r->h[i].event, type) == 0)
+            return true;
+    return false;
+}
+
 void loyd_rules_destroy(struct loyd_rules *r)
 {
     if (r == NULL)

@@ -116,6 +116,8 @@ struct loyd_sandbox *loyd_rules_sandbox(struct loyd_rules *r);
 
 /** Number of (file, event) handler pairs loaded. */
 size_t loyd_rules_handler_count(const struct loyd_rules *r);
+/** Whether any rule file handles events of @p type. */
+bool loyd_rules_handles(const struct loyd_rules *r, const char *type);
 
 /*
  * The pack commands (pack_test.c, cli_rules.c).  Output goes to @p out (stdout for the CLI).
