@@ -738,6 +738,13 @@ static void fill_daemon(struct loyd_config *c)
     c->rules.memory_bytes = (size_t)get_int(rul, "memory_bytes");
     c->rules.instructions = (uint64_t)get_int(rul, "instructions");
     c->rules.wall_ms = (uint64_t)get_int(rul, "wall_ms");
+    const json_t *wrk = json_object_get(r, "worker");
+    c->worker.batch = (uint32_t)get_int(wrk, "batch");
+    c->worker.max_attempts = (uint32_t)get_int(wrk, "max_attempts");
+    c->worker.retry_max_ms = (uint64_t)get_int(wrk, "retry_max_ms");
+    c->worker.poll_ms = (uint64_t)get_int(wrk, "poll_ms");
+    c->worker.sweep_interval_ms = (uint64_t)get_int(wrk, "sweep_interval_ms");
+    c->worker.sync_on_start = json_is_true(json_object_get(wrk, "sync_on_start"));
     c->shutdown_timeout_ms = (uint64_t)get_int(r, "shutdown_timeout_ms");
 
     /* A copy with plugin paths resolved; raw keeps what the file said. */

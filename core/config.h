@@ -127,6 +127,11 @@ struct loyd_config {
         size_t memory_bytes;
         uint64_t instructions, wall_ms;
     } rules;
+    struct {
+        uint32_t batch, max_attempts;
+        uint64_t retry_max_ms, poll_ms, sweep_interval_ms;
+        bool sync_on_start;
+    } worker;
     uint64_t shutdown_timeout_ms;
     json_t *plugins; /* array of {name, path (resolved, absent: built-in), config (object)} */
     json_t *raw;     /* the whole validated file with defaults filled in */

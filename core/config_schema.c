@@ -153,6 +153,24 @@ static const struct loyd_cfg_field rules_fields[] = {
     {0},
 };
 
+static const struct loyd_cfg_field worker_fields[] = {
+    {"batch", LOYD_CFG_INT, "64", LOYD_CFG_RANGE(1, 1000),
+     .help = "stored webhooks one tenant reads and enriches together (their CRM reads share "
+             "batch calls)"},
+    {"max_attempts", LOYD_CFG_INT, "50", LOYD_CFG_RANGE(1, 10000),
+     .help = "tries of a webhook's CRM read or of a write-back before it becomes a dead letter"},
+    {"retry_max_ms", LOYD_CFG_MS, "60000", LOYD_CFG_RANGE(10, 3600000),
+     .help = "longest wait between two tries after a CRM error (the wait doubles from 250 ms)"},
+    {"poll_ms", LOYD_CFG_MS, "1000", LOYD_CFG_RANGE(10, 600000),
+     .help = "how often an idle tenant looks for due retries and daily jobs"},
+    {"sweep_interval_ms", LOYD_CFG_MS, "600000", LOYD_CFG_RANGE(0, 86400000),
+     .help = "how often the CRM is read for changes whose webhooks never came (0: never)"},
+    {"sync_on_start", LOYD_CFG_BOOL, "true",
+     .help = "read every contact once when a tenant is first seen (birthdays, balances "
+             "already on the cards)"},
+    {0},
+};
+
 static const struct loyd_cfg_field plugin_fields[] = {
     {"name", LOYD_CFG_STRING, NULL, .required = true, .check = check_plugin_name,
      .help = "plugin name: the built-in plugin, or the shared object's `loyd_plugin_<name>`"},
@@ -187,6 +205,8 @@ const struct loyd_cfg_field loyd_config_daemon_schema[] = {
      .help = "bounds of outgoing CRM API calls"},
     {"rules", LOYD_CFG_TABLE, NULL, .fields = rules_fields,
      .help = "budgets of the Lua rule sandbox"},
+    {"worker", LOYD_CFG_TABLE, NULL, .fields = worker_fields,
+     .help = "processing of stored webhooks, write-backs and daily jobs"},
     {"plugins", LOYD_CFG_ARRAY, "{}", .elem = &plugin_item,
      .help = "extra plugins to load, in order"},
     {"shutdown_timeout_ms", LOYD_CFG_MS, "10000", LOYD_CFG_RANGE(0, 600000),
