@@ -63,12 +63,19 @@ static struct loyd_tenant *tenant_find(struct loyd_daemon *d, const char *name)
     return NULL;
 }
 
+struct loyd_tenant *loyd_daemon_tenant(struct loyd_daemon *d, const char *name)
+{
+    return tenant_find(d, name);
+}
+
 static void tenant_free(struct loyd_tenant *t)
 {
     if (t == NULL)
         return;
+    /* The connector first: after tenant_close no callback reaches the worker. */
     if (t->state != NULL && t->ops->tenant_close != NULL)
         t->ops->tenant_close(t->state);
+    loyd_worker_destroy(t->worker);
     loyd_host_ctx_destroy(t->hctx);
     loyd_engine_destroy(t->engine);
     loyd_tenant_config_free(t->cfg);
@@ -183,6 +190,131 @@ static int tenants_open_take(struct loyd_daemon *d, const struct loyd_config *cf
     return 0;
 }
 
+/* ---- workers ----------------------------------------------------------------------------- */
+
+static void stats_add(struct loyd_worker_stats *to, const struct loyd_worker_stats *s)
+{
+    uint64_t *a = (uint64_t *)to;
+    const uint64_t *b = (const uint64_t *)s;
+    for (size_t i = 0; i < sizeof(*s) / sizeof(uint64_t); i++)
+        a[i] += b[i];
+}
+
+void loyd_daemon_worker_stats(struct loyd_daemon *d, struct loyd_worker_stats *out)
+{
+    struct loyd_worker_stats s;
+    *out = d->retired_stats;
+    for (size_t i = 0; i < d->n_tenants; i++) {
+        if (d->tenants[i]->worker != NULL) {
+            loyd_worker_stats(d->tenants[i]->worker, &s);
+            stats_add(out, &s);
+        }
+    }
+    for (size_t i = 0; i < d->n_retiring; i++) {
+        loyd_worker_stats(d->retiring[i]->worker, &s);
+        stats_add(out, &s);
+    }
+}
+
+/* Live tenants get their worker once the set of tenants is final (start-up, a good reload). */
+static void workers_start(struct loyd_daemon *d)
+{
+    struct loyd_worker_opts o = {
+        .batch = d->cfg->worker.batch,
+        .max_attempts = d->cfg->worker.max_attempts,
+        .retry_max_ms = d->cfg->worker.retry_max_ms,
+        .poll_ms = d->cfg->worker.poll_ms,
+        .sweep_interval_ms = d->cfg->worker.sweep_interval_ms,
+        .sync_on_start = d->cfg->worker.sync_on_start,
+    };
+    for (size_t i = 0; i < d->n_tenants; i++) {
+        struct loyd_tenant *t = d->tenants[i];
+        if (t->worker != NULL || !t->cfg->enabled)
+            continue;
+        struct loyd_worker_env env = {
+            .loop = d->loop,
+            .host = &d->host,
+            .store = d->store,
+            .engine = t->engine,
+            .tenant = t->cfg->name,
+            .ops = t->ops,
+            .conn = t->state,
+        };
+        t->worker = loyd_worker_create(&env, &o);
+        loyd_worker_set_observer(t->worker, &d->observer);
+    }
+}
+
+static void reap(uv_timer_t *timer)
+{
+    struct loyd_daemon *d = timer->data;
+    for (size_t i = 0; i < d->n_reaped; i++)
+        tenant_free(d->reaped[i]);
+    d->n_reaped = 0;
+}
+
+/* A retired tenant's worker went idle: free it, though not from inside its own callback. */
+static void retired(void *arg)
+{
+    struct loyd_tenant *t = arg;
+    struct loyd_daemon *d = t->daemon;
+    struct loyd_worker_stats s;
+
+    loyd_worker_stats(t->worker, &s);
+    stats_add(&d->retired_stats, &s);
+    for (size_t i = 0; i < d->n_retiring; i++) {
+        if (d->retiring[i] == t) {
+            d->retiring[i] = d->retiring[--d->n_retiring];
+            break;
+        }
+    }
+    d->reaped = loyd_xrealloc(d->reaped, (d->n_reaped + 1) * sizeof(*d->reaped));
+    d->reaped[d->n_reaped++] = t;
+    uv_timer_start(&d->reap_timer, reap, 0, 0);
+}
+
+/* Tenants replaced by a reload finish what they started, then go. */
+static void tenants_retire(struct loyd_daemon *d, struct loyd_tenant **ts, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct loyd_tenant *t = ts[i];
+        if (t->worker == NULL) {
+            tenant_free(t);
+            continue;
+        }
+        t->daemon = d;
+        d->retiring = loyd_xrealloc(d->retiring, (d->n_retiring + 1) * sizeof(*d->retiring));
+        d->retiring[d->n_retiring++] = t;
+        loyd_worker_close(t->worker, retired, t);
+    }
+    free(ts);
+}
+
+void loyd_daemon_set_observer(struct loyd_daemon *d, const struct loyd_worker_observer *o)
+{
+    d->observer = o != NULL ? *o : (struct loyd_worker_observer){0};
+    for (size_t i = 0; i < d->n_tenants; i++)
+        if (d->tenants[i]->worker != NULL)
+            loyd_worker_set_observer(d->tenants[i]->worker, &d->observer);
+}
+
+void loyd_daemon_kick(struct loyd_daemon *d)
+{
+    for (size_t i = 0; i < d->n_tenants; i++)
+        loyd_worker_kick(d->tenants[i]->worker);
+}
+
+bool loyd_daemon_quiet(struct loyd_daemon *d)
+{
+    int64_t in = 0, out = 0, dead = 0;
+    for (size_t i = 0; i < d->n_tenants; i++)
+        if (d->tenants[i]->worker != NULL && !loyd_worker_idle(d->tenants[i]->worker))
+            return false;
+    if (loyd_store_depths(d->store, &in, &out, &dead) != 0)
+        return false;
+    return in == 0 && out == 0;
+}
+
 /* ---- webhooks -------------------------------------------------------------------------- */
 
 static const char *header_get(const struct loyd_http_request *req, const char *name)
@@ -206,6 +338,9 @@ static void hook_stored(void *arg, int err, int64_t id)
         loyd_log_debug(HTTP, "tenant=%s inbox=%" PRId64 "%s", w->tenant, id,
                        err ? " (already stored)" : "");
         answer(d, w->ex, LOYD_ROUTE_HOOKS, 200, NULL, "ok\n");
+        struct loyd_tenant *t = tenant_find(d, w->tenant);
+        if (t != NULL && !d->draining)
+            loyd_worker_kick(t->worker);
     } else {
         loyd_log_err(DB, "tenant=%s webhook not stored: %s", w->tenant, loyd_strerror(err));
         answer(d, w->ex, LOYD_ROUTE_HOOKS, 503, NULL, "cannot store the webhook now\n");
@@ -313,6 +448,17 @@ static void on_metrics(struct loyd_daemon *d, struct loyd_http_exchange *ex)
     s.crm_timeout = cs.timeouts, s.crm_too_big = cs.too_big;
     s.crm_transport = cs.transport_errors, s.crm_cancelled = cs.cancelled;
     loyd_httpd_stats(d->httpd, &hs);
+    struct loyd_worker_stats ws;
+    loyd_daemon_worker_stats(d, &ws);
+    s.events_applied = ws.events_applied;
+    s.events_duplicate = ws.events_duplicate;
+    s.rule_errors = ws.events_failed;
+    s.rows_dead = ws.rows_dead;
+    s.writebacks_done = ws.writes_done;
+    s.writebacks_retried = ws.writes_retried;
+    s.writebacks_dead = ws.writes_dead;
+    s.writebacks_skipped = ws.writes_skipped;
+    s.write_calls = ws.write_calls;
     s.http_open_connections = hs.open_connections;
     s.http_rejected_busy = hs.rejected_busy;
     s.http_timeouts = hs.timeouts;
@@ -470,9 +616,11 @@ int loyd_daemon_start(uv_loop_t *loop, const char *path, struct loyd_daemon **ou
     uv_signal_start(&d->sighup, on_signal, SIGHUP);
     uv_timer_init(loop, &d->drain_timer);
     uv_timer_init(loop, &d->deadline_timer);
-    d->drain_timer.data = d->deadline_timer.data = d;
+    uv_timer_init(loop, &d->reap_timer);
+    d->drain_timer.data = d->deadline_timer.data = d->reap_timer.data = d;
     loyd_log_notice(HTTP, "listening on %s:%d (%zu tenants)", d->cfg->listen_host, d->port,
                     d->n_tenants);
+    workers_start(d);
     *out = d;
     return 0;
 
@@ -520,11 +668,12 @@ int loyd_daemon_reload(struct loyd_daemon *d)
         loyd_log_warn(CONFIG, "store changed: takes effect at the next restart");
     if (!json_equal(nc->plugins, d->cfg->plugins))
         loyd_log_warn(CONFIG, "plugins changed: take effect at the next restart");
-    tenants_free(d->tenants, d->n_tenants);
+    tenants_retire(d, d->tenants, d->n_tenants);
     d->tenants = ts;
     d->n_tenants = n;
     loyd_config_free(d->cfg);
     d->cfg = nc;
+    workers_start(d);
     loyd_log_set_level(nc->log_level);
     apply_limits(d, &lim);
     loyd_httpd_set_limits(d->httpd, &lim);
@@ -556,12 +705,36 @@ static void httpd_closed(void *arg)
     close_handle(d, (uv_handle_t *)&d->sighup);
     close_handle(d, (uv_handle_t *)&d->drain_timer);
     close_handle(d, (uv_handle_t *)&d->deadline_timer);
+    close_handle(d, (uv_handle_t *)&d->reap_timer);
 }
 
 static void store_closed(void *arg)
 {
     struct loyd_daemon *d = arg;
     loyd_log_info(CORE, "store flushed and closed");
+    /* Nothing can call into connectors or plugins any more: release them. */
+    for (size_t i = 0; i < d->n_retiring; i++) {
+        struct loyd_worker_stats s;
+        loyd_worker_stats(d->retiring[i]->worker, &s);
+        stats_add(&d->retired_stats, &s);
+        tenant_free(d->retiring[i]);
+    }
+    free(d->retiring);
+    d->retiring = NULL;
+    d->n_retiring = 0;
+    for (size_t i = 0; i < d->n_reaped; i++)
+        tenant_free(d->reaped[i]);
+    free(d->reaped);
+    d->reaped = NULL;
+    d->n_reaped = 0;
+    tenants_free(d->tenants, d->n_tenants);
+    d->tenants = NULL;
+    d->n_tenants = 0;
+    for (size_t i = 0; i < d->n_plugins; i++)
+        loyd_plugin_unload(d->plugins[i]);
+    free(d->plugins);
+    d->plugins = NULL;
+    d->n_plugins = 0;
     if (d->httpd != NULL)
         loyd_httpd_close(d->httpd, httpd_closed, d);
     else
@@ -572,15 +745,7 @@ static void host_closed(void *arg)
 {
     struct loyd_daemon *d = arg;
 
-    /* Nothing can call into connectors or plugins any more: release them. */
-    tenants_free(d->tenants, d->n_tenants);
-    d->tenants = NULL;
-    d->n_tenants = 0;
-    for (size_t i = 0; i < d->n_plugins; i++)
-        loyd_plugin_unload(d->plugins[i]);
-    free(d->plugins);
-    d->plugins = NULL;
-    d->n_plugins = 0;
+    /* The store flushes what workers queued (their callbacks see them closing). */
     if (d->store != NULL)
         loyd_store_close(d->store, store_closed, d);
     else
@@ -602,6 +767,12 @@ static void drain_poll(uv_timer_t *t)
         return;
     uv_timer_stop(t);
     loyd_log_info(CORE, "drained; closing");
+    /* Workers start nothing new; closing the client cancels their CRM calls in flight. */
+    for (size_t i = 0; i < d->n_tenants; i++)
+        if (d->tenants[i]->worker != NULL)
+            loyd_worker_close(d->tenants[i]->worker, NULL, NULL);
+    for (size_t i = 0; i < d->n_retiring; i++)
+        loyd_worker_close(d->retiring[i]->worker, NULL, NULL);
     if (d->client != NULL)
         loyd_http_client_close(d->client, client_closed, d);
     else

@@ -15,6 +15,7 @@
 #include "host.h"
 #include "metrics.h"
 #include "plugin_loader.h"
+#include "worker.h"
 
 struct loyd_tenant {
     struct loyd_tenant_config *cfg;           /* owned */
@@ -23,6 +24,8 @@ struct loyd_tenant {
     void *state;                              /* from tenant_open, or NULL */
     struct loyd_host_ctx *hctx;               /* owned */
     struct loyd_engine *engine;               /* owned: the tenant's rule pack, loaded */
+    struct loyd_worker *worker;               /* owned; NULL until the tenant goes live */
+    struct loyd_daemon *daemon;               /* while retiring */
 };
 
 struct loyd_daemon {
@@ -38,8 +41,16 @@ struct loyd_daemon {
     size_t n_plugins;
     struct loyd_tenant **tenants;
     size_t n_tenants;
+    /* Tenants replaced by a reload, freed once their work in flight has ended. */
+    struct loyd_tenant **retiring;
+    size_t n_retiring;
+    struct loyd_tenant **reaped; /* retired, to free on the next loop turn */
+    size_t n_reaped;
+    struct loyd_worker_stats retired_stats; /* counters of tenants already freed */
+    struct loyd_worker_observer observer;   /* given to every worker (demo, tests) */
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer, deadline_timer;
+    uv_timer_t reap_timer;             /* frees retired tenants outside their callbacks */
     struct loyd_metrics metrics;
     int port;                          /* bound HTTP port */
     bool draining, stopped;
@@ -59,6 +70,16 @@ int loyd_daemon_reload(struct loyd_daemon *d);
 void loyd_daemon_stop(struct loyd_daemon *d);
 /** After the loop has ended: frees @p d.  @return the exit code. */
 int loyd_daemon_destroy(struct loyd_daemon *d);
+/** Sets the observer of every tenant's worker (now and after reloads). */
+void loyd_daemon_set_observer(struct loyd_daemon *d, const struct loyd_worker_observer *o);
+/** The tenant called @p name, or NULL. */
+struct loyd_tenant *loyd_daemon_tenant(struct loyd_daemon *d, const char *name);
+/** Wakes every worker (e.g. after the demo moved the clock). */
+void loyd_daemon_kick(struct loyd_daemon *d);
+/** True when no worker has work in flight and the inbox and outbox are empty. */
+bool loyd_daemon_quiet(struct loyd_daemon *d);
+/** The workers' counters summed over tenants (retired ones included). */
+void loyd_daemon_worker_stats(struct loyd_daemon *d, struct loyd_worker_stats *out);
 /** `loyd serve -c FILE`: runs until SIGTERM/SIGINT.  @return the process exit code. */
 int loyd_daemon_run(const char *path);
 

@@ -65,9 +65,28 @@ void loyd_metrics_render(const struct loyd_metrics *m, const struct loyd_metrics
     gauge(out, "loyd_outbox_depth", "CRM write-backs not yet delivered.", s->outbox_pending);
     gauge(out, "loyd_dead_letters", "Events and write-backs that failed for good.",
           s->dead_letters);
-    counter(out, "loyd_events_processed_total", "Events evaluated by the rule engine.",
-            m->events_processed);
-    counter(out, "loyd_rule_errors_total", "Rule evaluations that failed.", m->rule_errors);
+    counter(out, "loyd_events_applied_total", "Events applied (rules, ledger, write-backs).",
+            s->events_applied);
+    counter(out, "loyd_events_duplicate_total", "Events found applied before (no effect).",
+            s->events_duplicate);
+    counter(out, "loyd_rule_errors_total", "Events whose rules failed (dead letters).",
+            s->rule_errors);
+    counter(out, "loyd_inbox_dead_total", "Stored webhooks given up on (CRM reads failed).",
+            s->rows_dead);
+    loyd_buf_puts(out, "# HELP loyd_writebacks_total CRM write-back items by outcome.\n"
+                       "# TYPE loyd_writebacks_total counter\n");
+    const struct {
+        const char *name;
+        uint64_t v;
+    } wb[] = {{"done", s->writebacks_done},
+              {"retried", s->writebacks_retried},
+              {"dead", s->writebacks_dead},
+              {"unchanged", s->writebacks_skipped}};
+    for (size_t i = 0; i < LOYD_ARRAY_SIZE(wb); i++)
+        loyd_buf_printf(out, "loyd_writebacks_total{outcome=\"%s\"} %" PRIu64 "\n", wb[i].name,
+                        wb[i].v);
+    counter(out, "loyd_write_calls_total", "Connector write calls (each one CRM batch).",
+            s->write_calls);
     loyd_buf_puts(out, "# HELP loyd_crm_calls_total CRM API calls by outcome.\n"
                        "# TYPE loyd_crm_calls_total counter\n");
     const struct {

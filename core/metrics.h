@@ -21,7 +21,6 @@ struct loyd_metrics {
         uint64_t count;
     } requests[LOYD_ROUTE_COUNT][LOYD_METRICS_STATUSES];
     uint64_t webhooks_stored, webhooks_duplicate, webhooks_rejected;
-    uint64_t rule_errors, events_processed;
 };
 
 /* Gauges and foreign counters sampled when /metrics is asked for. */
@@ -30,6 +29,10 @@ struct loyd_metrics_sample {
     uint64_t crm_ok, crm_4xx, crm_5xx, crm_timeout, crm_too_big, crm_transport, crm_cancelled;
     uint64_t http_open_connections, http_rejected_busy, http_timeouts;
     uint64_t tenants;
+    /* The workers' counters (worker.h), summed over tenants. */
+    uint64_t events_applied, events_duplicate, rule_errors, rows_dead;
+    uint64_t writebacks_done, writebacks_retried, writebacks_dead, writebacks_skipped;
+    uint64_t write_calls;
 };
 
 void loyd_metrics_request(struct loyd_metrics *m, enum loyd_route route, int status);

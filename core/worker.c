@@ -84,7 +84,7 @@ struct loyd_worker {
     int64_t *w_ids;
     size_t w_n;
 
-    bool closing, timer_closed;
+    bool closing, timer_closed, destroy_pending;
     void (*close_cb)(void *arg);
     void *close_arg;
 };
@@ -123,20 +123,27 @@ static bool transient(int err)
 
 /* ---- closing ---------------------------------------------------------------------------- */
 
+static void worker_free(struct loyd_worker *w);
+
+/* Tells the closer once the timer is closed and no work is in flight. */
+static void maybe_closed(struct loyd_worker *w)
+{
+    if (!w->closing || !w->timer_closed || w->busy || w->writing || w->finishing > 0 ||
+        w->close_cb == NULL)
+        return;
+    void (*cb)(void *) = w->close_cb;
+    w->close_cb = NULL;
+    cb(w->close_arg);
+}
+
 static void timer_closed(uv_handle_t *h)
 {
     struct loyd_worker *w = h->data;
     w->timer_closed = true;
-    if (w->close_cb != NULL)
-        w->close_cb(w->close_arg);
-}
-
-static void maybe_closed(struct loyd_worker *w)
-{
-    if (!w->closing || w->busy || w->writing || w->finishing > 0 ||
-        uv_is_closing((uv_handle_t *)&w->timer))
-        return;
-    uv_close((uv_handle_t *)&w->timer, timer_closed);
+    if (w->destroy_pending)
+        worker_free(w);
+    else
+        maybe_closed(w);
 }
 
 /* The processing lane is free again; @p failed: wait before the next try. */
@@ -1298,13 +1305,13 @@ void loyd_worker_close(struct loyd_worker *w, void (*cb)(void *arg), void *arg)
     w->close_cb = cb;
     w->close_arg = arg;
     uv_timer_stop(&w->timer);
+    if (!uv_is_closing((uv_handle_t *)&w->timer))
+        uv_close((uv_handle_t *)&w->timer, timer_closed);
     maybe_closed(w);
 }
 
-void loyd_worker_destroy(struct loyd_worker *w)
+static void worker_free(struct loyd_worker *w)
 {
-    if (w == NULL)
-        return;
     batch_free(&w->batch);
     json_decref(w->unit.items);
     json_decref(w->w_rows);
@@ -1314,4 +1321,20 @@ void loyd_worker_destroy(struct loyd_worker *w)
     free(w->sched_after);
     free(w->tenant);
     free(w);
+}
+
+void loyd_worker_destroy(struct loyd_worker *w)
+{
+    if (w == NULL)
+        return;
+    if (w->timer_closed) {
+        worker_free(w);
+        return;
+    }
+    /* The timer's close callback still has to run: free from there. */
+    w->close_cb = NULL;
+    w->closing = true;
+    w->destroy_pending = true;
+    if (!uv_is_closing((uv_handle_t *)&w->timer))
+        uv_close((uv_handle_t *)&w->timer, timer_closed);
 }

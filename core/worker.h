@@ -90,11 +90,15 @@ void loyd_worker_set_observer(struct loyd_worker *w, const struct loyd_worker_ob
 bool loyd_worker_idle(const struct loyd_worker *w);
 void loyd_worker_stats(const struct loyd_worker *w, struct loyd_worker_stats *out);
 /**
- * Starts nothing new; @p cb(@p arg) runs once work in flight has ended (a cancelled CRM call
- * ends it: close the HTTP client to hurry) and the worker's timer is closed.  Then destroy.
+ * Starts nothing new; @p cb(@p arg) (may be NULL) runs once work in flight has ended (a
+ * cancelled CRM call ends it) and the worker's timer is closed.
  */
 void loyd_worker_close(struct loyd_worker *w, void (*cb)(void *arg), void *arg);
-/** After close's callback (or on a worker never started).  Accepts NULL. */
+/**
+ * Frees the worker; callbacks of its work in flight must not come any more (close the
+ * connector's tenant first).  If the timer is still closing, the memory goes when it has.
+ * Accepts NULL.
+ */
 void loyd_worker_destroy(struct loyd_worker *w);
 
 #endif
