@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "demo.h"
 #include "emulate.h"
 #include "rules.h"
 #include "log.h"
@@ -18,6 +19,7 @@ static const char usage[] =
     "  check PACK_DIR           compile, validate and lint a rule pack\n"
     "  test PACK_DIR            run a rule pack's offline tests\n"
     "  emulate CRM [--listen HOST:PORT]   run an offline CRM emulator (bitrix24)\n"
+    "  demo                     emulated Bitrix24 + loyd + retail pack: a guided story\n"
     "  version                  print the version\n"
     "\n"
     "Run 'loyd COMMAND --help' for a command's options.\n";
@@ -53,6 +55,7 @@ static const struct {
     {"check", loyd_cmd_check},
     {"test", loyd_cmd_test},
     {"emulate", loyd_cmd_emulate},
+    {"demo", loyd_cmd_demo},
 };
 
 int main(int argc, char **argv)
