@@ -18,6 +18,8 @@
  *   "crm.deal.get"                 OAuth: the access token is params.auth (the transport puts
  *                                  an `Authorization: Bearer` header there too);
  *   "<user>/<code>/crm.deal.get"   inbound webhook: user and code must match the options;
+ *   "event.bind" / "event.unbind" / "event.get"  subscribe a handler URL to events, as an app
+ *                                  does at install (also through the inbound webhook here);
  *   "loyd.emu.*"                   emulator control, no auth, never rate limited, not counted:
  *     loyd.emu.state    everything as JSON (data, tokens' state, faults, counters, clock)
  *     loyd.emu.calls    {calls:{method:n}, requests, updates, events_queued, events_dropped,

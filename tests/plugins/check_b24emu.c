@@ -754,6 +754,43 @@ START_TEST(test_handler_filter_and_drop_fault)
 }
 END_TEST
 
+START_TEST(test_event_bind)
+{
+    char *url;
+    json_t *p;
+    teardown();
+    make("{\"webhook_code\":\"secretcode\",\"rate\":{\"burst\":100000}}");
+    json_decref(call(HOOK "crm.deal.add", 200, "{s:{s:s}}", "fields", "TITLE", "x"));
+    ck_assert_int_eq(b24emu_events_pending(emu), 0); /* nobody subscribed */
+    json_decref(call(HOOK "event.bind", 200, "{s:s,s:s}", "event", "onCrmDealAdd", "handler",
+                     "http://127.0.0.1:1/hooks/a"));
+    json_t *r = call(HOOK "event.bind", 400, "{s:s,s:s}", "event", "ONCRMDEALADD", "handler",
+                     "http://127.0.0.1:1/hooks/a");
+    ck_assert_str_eq(err_of(r), "ERROR_EVENT_ALREADY_BOUND");
+    json_decref(r);
+    json_decref(call(HOOK "event.bind", 400, "{s:s,s:s}", "event", "ONCRMDEALADD", "handler",
+                     "ftp://x"));
+    json_decref(call(HOOK "event.bind", 400, "{s:s}", "event", "ONCRMDEALADD"));
+    json_decref(call(HOOK "crm.deal.add", 200, "{s:{s:s}}", "fields", "TITLE", "y"));
+    json_decref(call(HOOK "crm.contact.add", 200, "{s:{s:s}}", "fields", "NAME", "n"));
+    ck_assert_int_eq(b24emu_events_pending(emu), 1); /* the deal, not the contact */
+    ck_assert(b24emu_event_pop(emu, &url, &p));
+    ck_assert_str_eq(url, "http://127.0.0.1:1/hooks/a");
+    ck_assert_str_eq(json_string_value(json_object_get(p, "event")), "ONCRMDEALADD");
+    free(url);
+    json_decref(p);
+    r = call(HOOK "event.get", 200, NULL);
+    ck_assert_uint_eq(json_array_size(json_object_get(r, "result")), 1);
+    json_decref(r);
+    r = call(HOOK "event.unbind", 200, "{s:s,s:s}", "event", "ONCRMDEALADD", "handler",
+             "http://127.0.0.1:1/hooks/a");
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(r, "result"), "count")), 1);
+    json_decref(r);
+    json_decref(call(HOOK "crm.deal.add", 200, "{s:{s:s}}", "fields", "TITLE", "z"));
+    ck_assert_int_eq(b24emu_events_pending(emu), 0);
+}
+END_TEST
+
 START_TEST(test_state_reflects_writes)
 {
     json_t *r = call("loyd.emu.state", 200, NULL);
@@ -817,6 +854,7 @@ Suite *b24emu_suite(void)
     tcase_add_test(tc, test_oauth_client_check);
     tcase_add_test(tc, test_events_queued);
     tcase_add_test(tc, test_handler_filter_and_drop_fault);
+    tcase_add_test(tc, test_event_bind);
     tcase_add_test(tc, test_state_reflects_writes);
     tcase_add_test(tc, test_bad_options);
     suite_add_tcase(s, tc);
