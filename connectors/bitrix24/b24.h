@@ -5,9 +5,18 @@
 
 #include "loyd/plugin.h"
 
+struct b24_rest;
+struct wjob;
+
 struct b24_tenant {
     const struct loyd_host_api *host;
     void *hctx;
+    struct b24_rest *rest; /* REST access, or NULL when no webhook_url is configured */
+    json_t *attributes;    /* member attribute -> CRM field (crm.attributes) */
+    char *redeem_field;    /* deal field with points to redeem, or NULL */
+    json_t *uf_known;      /* loyd's fields the portal has ("deal:" prefix for deals) */
+    bool prov_busy;        /* provisioning in progress */
+    struct wjob *prov_waiting; /* writes waiting for it */
     char *webhook_url;   /* inbound-webhook REST URL, or NULL */
     char *app_token;     /* configured application_token, or NULL (learned at install) */
     char *member_id;     /* the portal this tenant accepts events from, or NULL (any) */
@@ -20,5 +29,18 @@ int b24_tenant_open(void *plugin_state, void *hctx, const json_t *crm, void **ou
 void b24_tenant_close(void *tenant);
 int b24_webhook_parse(void *tenant, const struct loyd_webhook *wh, json_t **notices,
                       struct loyd_errbuf *err);
+int b24_enrich(void *tenant, const json_t *notice, loyd_enrich_cb cb, void *arg);
+int b24_write(void *tenant, const json_t *items, loyd_write_cb cb, void *arg);
+int b24_sync(void *tenant, const struct loyd_sync_request *req, loyd_sync_cb cb, void *arg);
+
+/* snapshot.c: Bitrix24 records -> canonical snapshots (NULL: no usable ID). */
+json_t *b24_snapshot_contact(const struct b24_tenant *t, const json_t *raw);
+json_t *b24_snapshot_deal(const struct b24_tenant *t, const json_t *raw, const char *contact_id);
+/** "125000.50" in @p currency -> minor units; -EINVAL for anything that is not an amount. */
+int b24_money_minor(const char *s, const char *currency, int64_t *out);
+/** ISO 8601 ("2024-08-30T14:29:00+03:00", "2024-08-30") -> ms since the epoch. */
+int b24_iso_ms(const char *s, int64_t *out);
+/** ms since the epoch -> "2024-08-30T11:29:00+00:00". */
+void b24_format_iso(int64_t ms, char out[40]);
 
 #endif

@@ -767,6 +767,8 @@ static const struct method methods[] = {
     {"crm.deal.userfield.list", b24_m_deal_uf_list},
     {"crm.timeline.comment.add", b24_m_timeline_comment_add},
     {"crm.activity.todo.add", b24_m_activity_todo_add},
+    {"crm.timeline.comment.list", b24_m_timeline_comment_list},
+    {"crm.activity.list", b24_m_activity_list},
     {"event.bind", b24_m_event_bind},
     {"event.unbind", b24_m_event_unbind},
     {"event.get", b24_m_event_get},

@@ -128,6 +128,10 @@ void b24_m_deal_uf_list(struct b24_call *c, const json_t *p);
 void b24_m_timeline_comment_add(struct b24_call *c, const json_t *p);
 void b24_m_activity_todo_add(struct b24_call *c, const json_t *p);
 
+/* emu_timeline.c */
+void b24_m_timeline_comment_list(struct b24_call *c, const json_t *p);
+void b24_m_activity_list(struct b24_call *c, const json_t *p);
+
 /* emu_events.c */
 void b24_m_event_bind(struct b24_call *c, const json_t *p);
 void b24_m_event_unbind(struct b24_call *c, const json_t *p);
