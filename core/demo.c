@@ -70,6 +70,8 @@ struct demo {
     int story_rc;
     CURL *curl;
     uint64_t last_requests, last_updates;
+    uint64_t own_requests, own_updates; /* the story's own calls, not loyd's */
+    unsigned step_events;               /* events applied since the last report */
 };
 
 static void say(const char *fmt, ...) LOYD_PRINTF(1, 2);
@@ -143,6 +145,7 @@ static void on_event(void *arg, const char *tenant, const json_t *ev, int err)
 
     if (err == LOYD_EDUP || type == NULL || strcmp(type, "contact.learned") == 0)
         return;
+    dm->step_events++;
     say("    ▸ %s  [%s]\n", type, key);
     if (err != 0) {
         say("      rules failed: %s (a dead letter now)\n", loyd_strerror(err));
@@ -224,6 +227,9 @@ static void on_async(uv_async_t *a)
         dm->op_result = loyd_daemon_quiet(dm->daemon);
         break;
     case OP_MEMBER:
+        if (dm->step_events == 0)
+            say("    no loyalty event: nothing a rule cares about changed\n");
+        dm->step_events = 0;
         say_member(dm, dm->op_str);
         break;
     case OP_STOP:
@@ -267,7 +273,34 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
 }
 
 /* One REST call: @return the "result" (new) or NULL (the error is printed). */
+static json_t *rest_once(struct demo *dm, const char *base, const char *method, json_t *params,
+                         bool *limited);
+
+/* The story shares the portal's request limit with loyd: like any polite client, it waits. */
 static json_t *rest(struct demo *dm, const char *base, const char *method, json_t *params)
+{
+    bool control = strncmp(method, "loyd.emu.", 9) == 0;
+    for (int tries = 0;; tries++) {
+        bool limited = false;
+        json_t *r = rest_once(dm, base, method, json_incref(params), &limited);
+        if (!control && !limited) {
+            dm->own_requests++;
+            if (r != NULL && (strstr(method, ".add") || strstr(method, ".update") ||
+                              strstr(method, ".delete")))
+                dm->own_updates++;
+        }
+        if (!limited || tries == 20) {
+            if (limited)
+                say("  ! %s: the portal kept refusing (QUERY_LIMIT_EXCEEDED)\n", method);
+            json_decref(params);
+            return r;
+        }
+        uv_sleep(600);
+    }
+}
+
+static json_t *rest_once(struct demo *dm, const char *base, const char *method, json_t *params,
+                         bool *limited)
 {
     char url[256];
     struct loyd_buf body = {0};
@@ -291,6 +324,8 @@ static json_t *rest(struct demo *dm, const char *base, const char *method, json_
     json_t *doc = cc == CURLE_OK && body.data ? json_loadb(body.data, body.len, 0, NULL) : NULL;
     if (status == 200 && json_object_get(doc, "result") != NULL)
         res = json_incref(json_object_get(doc, "result"));
+    else if (status == 503)
+        *limited = true;
     else
         say("  ! %s failed: %s %s\n", method,
             cc != CURLE_OK ? curl_easy_strerror(cc) : or_(jstr(doc, "error"), ""),
@@ -359,10 +394,12 @@ static void say_traffic(struct demo *dm)
 {
     json_t *c = rest(dm, dm->ctl, "loyd.emu.calls", NULL);
     uint64_t req = (uint64_t)jint(c, "requests"), upd = (uint64_t)jint(c, "updates");
-    say("    REST traffic: %" PRIu64 " calls carried %" PRIu64 " updates\n",
-        req - dm->last_requests, upd - dm->last_updates);
+    uint64_t own_req = dm->own_requests, own_upd = dm->own_updates;
+    say("    loyd's REST traffic: %" PRIu64 " calls carried %" PRIu64 " updates\n",
+        req - dm->last_requests - own_req, upd - dm->last_updates - own_upd);
     dm->last_requests = req;
     dm->last_updates = upd;
+    dm->own_requests = dm->own_updates = 0;
     json_decref(c);
 }
 
@@ -405,6 +442,7 @@ static int play(struct demo *dm)
                                          "ONCRMCONTACTDELETE", "ONCRMDEALADD",
                                          "ONCRMDEALUPDATE", "ONCRMDEALDELETE"};
     char handler[128];
+    say("0. loyd subscribes to the portal's events and reads what the portal already has.\n");
     snprintf(handler, sizeof(handler), "http://127.0.0.1:%d/hooks/" TENANT, dm->daemon->port);
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(events); i++) {
         json_t *r = rest(dm, dm->rest, "event.bind",
@@ -416,6 +454,7 @@ static int play(struct demo *dm)
     if (!wait_quiet(dm)) /* the start-up sync of an empty portal */
         return 1;
     say_traffic(dm);
+    say("\n");
 
     loyd_date_format(now, 180, today);
     loyd_date_format(now + DAY_MS, 180, birthday);
