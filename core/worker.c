@@ -394,7 +394,10 @@ static int apply_snapshot(struct loyd_worker *w, const json_t *snap, const json_
     if (prev_text != NULL)
         prev = json_loads(prev_text, 0, NULL);
     free(prev_text);
-    rc = loyd_derive(snap, prev, contact, now_ms(w), w->unit.initial_sync, &d, &err);
+    /* What changed after the start-up sync began is news, not history: derive it as such. */
+    bool history = w->unit.initial_sync &&
+                   ifield(snap, "modified_at") < (int64_t)w->sweep_started;
+    rc = loyd_derive(snap, prev, contact, now_ms(w), history, &d, &err);
     if (rc != 0) {
         loyd_log_warn(WORKER, "tenant=%s %s", w->tenant, err.data ? err.data : "bad snapshot");
         loyd_buf_free(&err);
@@ -524,7 +527,9 @@ static void row_unit_done(struct loyd_worker *w, int err)
 /* A row whose read failed: try again later, or give up after max_attempts. */
 static void row_failed(struct loyd_worker *w, struct row *r, int err)
 {
-    bool dead = !transient(err) || (err != LOYD_ERATE && r->attempts + 1 >= w->opts.max_attempts);
+    /* No REST access configured: the webhooks wait for the operator, they are not lost. */
+    bool waits = err == LOYD_ERATE || err == LOYD_ECONFIG;
+    bool dead = !waits && (!transient(err) || r->attempts + 1 >= w->opts.max_attempts);
     char msg[160];
     int rc;
 
@@ -542,8 +547,8 @@ static void row_failed(struct loyd_worker *w, struct row *r, int err)
     w->stats.rows_retried++;
     loyd_log_info(WORKER, "tenant=%s inbox row %" PRId64 " will be retried: %s", w->tenant,
                   r->id, msg);
-    /* Rate limits are not the row's fault: they do not count as attempts. */
-    if (err != LOYD_ERATE &&
+    /* Rate limits and missing settings are not the row's fault: they are not attempts. */
+    if (!waits &&
         loyd_store_inbox_finish(w->env.store, r->id, "retry", msg, NULL, NULL) != 0)
         loyd_log_warn(WORKER, "tenant=%s inbox row %" PRId64 ": attempt not counted", w->tenant,
                       r->id);

@@ -1174,6 +1174,12 @@ static void emu_control(struct b24_call *c, const char *name, const json_t *p)
                 b24_fail(c, 400, "INVALID_ARG_VALUE", "503_burst needs seconds 0..86400");
                 return;
             }
+            const char *only = json_string_value(json_object_get(p, "only"));
+            if (only != NULL && strcmp(only, "webhook") != 0 && strcmp(only, "oauth") != 0) {
+                b24_fail(c, 400, "INVALID_ARG_VALUE", "503_burst only is webhook or oauth");
+                return;
+            }
+            snprintf(e->fault_503_auth, sizeof(e->fault_503_auth), "%s", only ? only : "");
             e->fault_503_until = c->now_ms + (uint64_t)x * 1000;
             b24_ok(c, json_true());
         } else if (strcmp(mode, "slow") == 0) {
@@ -1295,7 +1301,9 @@ int b24emu_call(struct b24emu *e, const char *method, const json_t *params, uint
             goto answer;
         snprintf(c.auth_kind, sizeof(c.auth_kind), "oauth");
     }
-    if (now_ms < e->fault_503_until || !bucket_admit(e, now_ms)) {
+    bool burst = now_ms < e->fault_503_until &&
+                 (e->fault_503_auth[0] == '\0' || strcmp(e->fault_503_auth, c.auth_kind) == 0);
+    if (burst || !bucket_admit(e, now_ms)) {
         b24_fail(&c, 503, "QUERY_LIMIT_EXCEEDED", "Too many requests");
         goto answer;
     }

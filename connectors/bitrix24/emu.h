@@ -24,7 +24,7 @@
  *     loyd.emu.state    everything as JSON (data, tokens' state, faults, counters, clock)
  *     loyd.emu.calls    {calls:{method:n}, requests, updates, events_queued, events_dropped,
  *                        events_delivered, events_failed, events_pending}
- *     loyd.emu.fault    {mode:"503_burst", seconds:N} | {mode:"slow", ms:N} |
+ *     loyd.emu.fault    {mode:"503_burst", seconds:N, only?:"webhook"|"oauth"} | {mode:"slow", ms:N} |
  *                       {mode:"drop_events", ratio:0..1} | {mode:"expire_tokens"} |
  *                       {mode:"none"} (clears all)
  *     loyd.emu.clock    {now_ms:N} sets the portal clock, {advance_ms:N} moves it; the result

@@ -60,6 +60,7 @@ struct b24emu {
     struct b24_op *ops;
     size_t n_ops;
     uint64_t fault_503_until;
+    char fault_503_auth[16]; /* "webhook" or "oauth": only those calls; "": all */
     uint32_t slow_ms;
     double drop_ratio;
     uint64_t rng;

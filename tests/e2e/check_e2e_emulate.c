@@ -126,7 +126,9 @@ START_TEST(test_emulator_events_reach_the_daemon)
         usleep(20000);
     }
     ck_assert_msg(strstr(metrics, "loyd_webhooks_stored_total 1\n") != NULL, "%s", metrics);
+    /* The tenant has no webhook_url, so loyd cannot read the portal: the webhook waits. */
     ck_assert_ptr_nonnull(strstr(metrics, "loyd_inbox_depth 1\n"));
+    ck_assert_ptr_nonnull(strstr(metrics, "loyd_inbox_dead_total 0\n"));
     free(metrics);
 }
 END_TEST

@@ -1,0 +1,381 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * End to end through the Bitrix24 emulator: a real `loyd emulate bitrix24` and a real
+ * `loyd serve` with the retail pack, on loopback ports.  The test plays the shop: it writes to
+ * the portal through the portal's REST API (OAuth, as another app would), the portal posts
+ * webhooks to loyd, loyd reads the portal back through its inbound webhook, applies the rules
+ * and writes the balance onto the contact card.  Everything is checked on the portal.
+ */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "e2e.h"
+#include "util.h"
+
+#define CODE "w3bh00kc0de12345"
+#define TOKEN "51856fefc120afa4b628cc82d3935cce"
+#define MEMBER "a223c6b3710f85df22e9377d6c4f7553"
+#define ACCESS "testaccesstoken0123456789abcdef0"
+
+static char *dir;
+static struct loyd_proc emu, daemon_proc;
+static int eport, dport;
+
+static void stop(struct loyd_proc *p)
+{
+    if (p->pid > 0) {
+        kill(p->pid, SIGKILL);
+        loyd_e2e_wait_exit(p, 5000);
+        p->pid = 0;
+    }
+}
+
+static void teardown(void)
+{
+    loyd_e2e_assert_clean(&emu);
+    loyd_e2e_assert_clean(&daemon_proc);
+    stop(&emu);
+    stop(&daemon_proc);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    free(dir);
+}
+
+/*
+ * A REST call as the shop's own app (OAuth); @return the parsed answer (new).  The shop shares
+ * the portal's request limit with loyd, so it waits on 503 like any polite client.
+ */
+static json_t *shop(const char *method, json_t *params /* taken */, int want)
+{
+    char path[128], *body = NULL;
+    json_object_set_new(params, "auth", json_string(ACCESS));
+    char *text = json_dumps(params, JSON_COMPACT);
+    json_decref(params);
+    snprintf(path, sizeof(path), "/rest/%s.json", method);
+    int st;
+    for (int tries = 0;; tries++) {
+        st = loyd_e2e_http(eport, "POST", path, "Content-Type: application/json\r\n", text,
+                           strlen(text), &body);
+        if (st != 503 || want == 503 || tries == 120)
+            break;
+        free(body);
+        body = NULL;
+        usleep(500000);
+    }
+    free(text);
+    ck_assert_msg(st == want, "%s: HTTP %d: %s", method, st, body ? body : "");
+    json_t *r = json_loads(body ? body : "", 0, NULL);
+    free(body);
+    return r;
+}
+
+static char *shop_add(const char *method, json_t *fields)
+{
+    json_t *r = shop(method, json_pack("{s:o}", "fields", fields), 200);
+    char *id = loyd_xasprintf("%lld", (long long)json_integer_value(json_object_get(r, "result")));
+    json_decref(r);
+    return id;
+}
+
+static void deal_update(const char *id, json_t *fields)
+{
+    json_decref(shop("crm.deal.update", json_pack("{s:s, s:o}", "id", id, "fields", fields), 200));
+}
+
+/* The value of one of loyd's fields on a contact or deal card, or -1. */
+static long long card(const char *kind, const char *id, const char *field)
+{
+    char method[48];
+    snprintf(method, sizeof(method), "crm.%s.get", kind);
+    json_t *r = shop(method, json_pack("{s:s}", "id", id), 200);
+    json_t *v = json_object_get(json_object_get(r, "result"), field);
+    long long n = json_is_string(v) && json_string_value(v)[0] ? atoll(json_string_value(v))
+                  : json_is_integer(v)                         ? json_integer_value(v)
+                                                               : -1;
+    json_decref(r);
+    return n;
+}
+
+static long long metric(const char *name)
+{
+    char *m = NULL;
+    ck_assert_int_eq(loyd_e2e_http(dport, "GET", "/metrics", NULL, NULL, 0, &m), 200);
+    char *needle = loyd_xasprintf("\n%s ", name);
+    const char *p = strstr(m, needle);
+    long long v = p ? atoll(p + strlen(needle)) : -1;
+    free(needle);
+    free(m);
+    return v;
+}
+
+static long long emu_calls(const char *field)
+{
+    json_t *r = shop("loyd.emu.calls", json_object(), 200);
+    long long v = json_integer_value(json_object_get(json_object_get(r, "result"), field));
+    json_decref(r);
+    return v;
+}
+
+/* Waits until the portal has posted everything and loyd has nothing left to do. */
+static void settle(int timeout_ms)
+{
+    int calm = 0;
+    for (int t = 0; t < timeout_ms; t += 100) {
+        if (emu_calls("events_pending") == 0 && metric("loyd_inbox_depth") == 0 &&
+            metric("loyd_outbox_depth") == 0) {
+            if (++calm == 5)
+                return;
+        } else {
+            calm = 0;
+        }
+        usleep(100000);
+    }
+    char *log = loyd_e2e_log(&daemon_proc);
+    ck_abort_msg("loyd did not settle in %d ms; log:\n%s", timeout_ms, log);
+}
+
+static void wait_card(const char *kind, const char *id, const char *field, long long want,
+                      int timeout_ms)
+{
+    long long have = -2;
+    for (int t = 0; t < timeout_ms; t += 100) {
+        if ((have = card(kind, id, field)) == want)
+            return;
+        usleep(400000);
+        t += 300;
+    }
+    char *log = loyd_e2e_log(&daemon_proc);
+    size_t n = strlen(log);
+    ck_abort_msg("%s %s: %s is %lld, wanted %lld; loyd's log ends:\n%s", kind, id, field, have,
+                 want, n > 3000 ? log + n - 3000 : log);
+}
+
+static void start_daemon(const char *listen, const char *worker)
+{
+    char *conf = loyd_xasprintf("listen = \"%s\"\nstore = \"loyd.db\"\ntenants = \"tenants.d\"\n"
+                                "packs = \"%s/rules\"\nlog_level = \"info\"\n"
+                                "worker = { poll_ms = 100, retry_max_ms = 2000%s }\n",
+                                listen, getenv("LOYD_SRC"), worker);
+    loyd_e2e_write(dir, "loyd.conf", conf);
+    free(conf);
+    const char *argv[] = {"serve", "-c", "loyd.conf", NULL};
+    loyd_e2e_spawn(&daemon_proc, dir, argv);
+    dport = loyd_e2e_wait_port(&daemon_proc, 10000);
+    ck_assert_int_gt(dport, 0);
+}
+
+/* Emulator, daemon (retail pack, the emulator's webhook URL), and the event subscriptions. */
+static void start(const char *worker, const char *rate)
+{
+    dir = loyd_e2e_tmpdir();
+    memset(&emu, 0, sizeof(emu));
+    memset(&daemon_proc, 0, sizeof(daemon_proc));
+    char *opts = loyd_xasprintf(
+                   "{\"webhook_code\": \"" CODE "\", \"application_token\": \"" TOKEN "\","
+                   " \"member_id\": \"" MEMBER "\", \"access_token\": \"" ACCESS "\","
+                   " \"refresh_token\": \"testrefreshtoken0123456789abcdef\","
+                   " \"token_ttl_s\": 86400, \"rate\": %s}", rate);
+    loyd_e2e_write(dir, "emu.json", opts);
+    free(opts);
+    const char *eargv[] = {"emulate", "bitrix24", "--listen", "127.0.0.1:0", "--options",
+                           "emu.json", NULL};
+    loyd_e2e_spawn(&emu, dir, eargv);
+    eport = loyd_e2e_wait_port(&emu, 10000);
+    ck_assert_int_gt(eport, 0);
+    char *tenant = loyd_xasprintf("connector = \"bitrix24\"\npack = \"retail\"\n"
+                                  "timezone = \"Europe/Moscow\"\n"
+                                  "crm = { webhook_url = \"http://127.0.0.1:%d/rest/1/" CODE "/\","
+                                  " application_token = \"" TOKEN "\", member_id = \"" MEMBER
+                                  "\" }\n",
+                                  eport);
+    loyd_e2e_write(dir, "tenants.d/shop.conf", tenant);
+    free(tenant);
+    start_daemon("127.0.0.1:0", worker);
+    static const char *const events[] = {"ONCRMCONTACTADD", "ONCRMCONTACTUPDATE",
+                                         "ONCRMCONTACTDELETE", "ONCRMDEALADD", "ONCRMDEALUPDATE",
+                                         "ONCRMDEALDELETE"};
+    char handler[96];
+    snprintf(handler, sizeof(handler), "http://127.0.0.1:%d/hooks/shop", dport);
+    for (size_t i = 0; i < LOYD_ARRAY_SIZE(events); i++)
+        json_decref(shop("event.bind", json_pack("{s:s, s:s}", "event", events[i], "handler",
+                                                 handler),
+                         200));
+}
+
+static char *new_customer(const char *name)
+{
+    return shop_add("crm.contact.add", json_pack("{s:s, s:s}", "NAME", name, "BIRTHDATE",
+                                                 "1990-05-17"));
+}
+
+static char *won_deal(const char *contact, const char *amount)
+{
+    return shop_add("crm.deal.add", json_pack("{s:s, s:s, s:s, s:s, s:s}", "TITLE", "Order",
+                                              "OPPORTUNITY", amount, "CURRENCY_ID", "RUB",
+                                              "STAGE_ID", "WON", "CONTACT_ID", contact));
+}
+
+/* A webhook exactly as the portal sends it, posted by the test itself. */
+static int post_event(const char *event, const char *id, long ts)
+{
+    char body[512];
+    snprintf(body, sizeof(body),
+             "event=%s&event_handler_id=201&data%%5BFIELDS%%5D%%5BID%%5D=%s&ts=%ld"
+             "&auth%%5Bdomain%%5D=emu.bitrix24.test&auth%%5Bclient_endpoint%%5D=x"
+             "&auth%%5Bserver_endpoint%%5D=x&auth%%5Bmember_id%%5D=" MEMBER
+             "&auth%%5Bapplication_token%%5D=" TOKEN,
+             event, id, ts);
+    return loyd_e2e_http(dport, "POST", "/hooks/shop",
+                         "Content-Type: application/x-www-form-urlencoded\r\n", body,
+                         strlen(body), NULL);
+}
+
+START_TEST(test_won_deal_awards_once_and_reopen_reverses)
+{
+    start("", "{\"drain\": 2, \"burst\": 50}");
+    char *anna = new_customer("Anna");
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 500, 20000); /* welcome bonus */
+
+    /* 10,000.00 RUB won at bronze: 3% cashback = 30000 points, written on the card. */
+    char *deal = won_deal(anna, "10000.00");
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 30500, 20000);
+    wait_card("deal", deal, "UF_CRM_LOYD_AWARDED", 30000, 20000);
+    settle(20000);
+    long long applied = metric("loyd_events_applied_total");
+
+    /* Five more updates of the won deal award nothing more. */
+    for (int i = 0; i < 5; i++) {
+        char title[32];
+        snprintf(title, sizeof(title), "Order, edit %d", i);
+        deal_update(deal, json_pack("{s:s}", "TITLE", title));
+        usleep(300000);
+    }
+    settle(20000);
+    ck_assert_int_eq(card("contact", anna, "UF_CRM_LOYD_BALANCE"), 30500);
+    ck_assert_int_eq(metric("loyd_events_applied_total"), applied);
+
+    /* Duplicated and reordered webhooks: an old ADD after the UPDATEs, the same UPDATE twice. */
+    long now = (long)(loyd_wall_ms() / 1000);
+    ck_assert_int_eq(post_event("ONCRMDEALUPDATE", deal, now), 200);
+    ck_assert_int_eq(post_event("ONCRMDEALUPDATE", deal, now), 200);
+    ck_assert_int_eq(post_event("ONCRMDEALADD", deal, now - 60), 200);
+    ck_assert_int_eq(post_event("ONCRMCONTACTADD", anna, now - 60), 200);
+    settle(20000);
+    ck_assert_int_eq(card("contact", anna, "UF_CRM_LOYD_BALANCE"), 30500);
+    ck_assert_int_eq(metric("loyd_events_applied_total"), applied);
+    ck_assert_int_ge(metric("loyd_webhooks_duplicate_total"), 1);
+
+    /* Reopened: the cashback is reversed and the card and the deal say so. */
+    deal_update(deal, json_pack("{s:s}", "STAGE_ID", "LOSE"));
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 500, 20000);
+    wait_card("deal", deal, "UF_CRM_LOYD_AWARDED", 0, 20000);
+    settle(20000);
+    ck_assert_int_eq(metric("loyd_events_applied_total"), applied + 1);
+    ck_assert_int_eq(metric("loyd_writebacks_total{outcome=\"dead\"}"), 0);
+    ck_assert_int_eq(metric("loyd_inbox_dead_total"), 0);
+    free(anna);
+    free(deal);
+}
+END_TEST
+
+/* 30 seconds of 503 QUERY_LIMIT_EXCEEDED on loyd's calls: afterwards every write-back lands. */
+START_TEST(test_503_burst_then_every_write_lands)
+{
+    enum { N = 4 };
+    char *contacts[N], *deals[N];
+    start("", "{\"drain\": 2, \"burst\": 50}");
+    json_decref(shop("loyd.emu.fault",
+                     json_pack("{s:s, s:i, s:s}", "mode", "503_burst", "seconds", 30, "only",
+                               "webhook"),
+                     200));
+    for (int i = 0; i < N; i++) {
+        char name[16], amount[16];
+        snprintf(name, sizeof(name), "C%d", i);
+        snprintf(amount, sizeof(amount), "%d000.00", i + 1);
+        contacts[i] = new_customer(name);
+        deals[i] = won_deal(contacts[i], amount);
+    }
+    sleep(2);
+    /* During the burst nothing reached the cards. */
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(card("contact", contacts[i], "UF_CRM_LOYD_BALANCE"), -1);
+    for (int i = 0; i < N; i++) {
+        /* 500 welcome + 3% of (i+1) * 1000.00 RUB, the newest value (per-contact order). */
+        wait_card("contact", contacts[i], "UF_CRM_LOYD_BALANCE", 500 + (i + 1) * 3000, 90000);
+        wait_card("deal", deals[i], "UF_CRM_LOYD_AWARDED", (i + 1) * 3000, 30000);
+    }
+    settle(30000);
+    ck_assert_int_eq(metric("loyd_writebacks_total{outcome=\"dead\"}"), 0);
+    ck_assert_int_eq(metric("loyd_inbox_dead_total"), 0);
+    for (int i = 0; i < N; i++) {
+        free(contacts[i]);
+        free(deals[i]);
+    }
+}
+END_TEST
+
+/*
+ * loyd killed with SIGKILL at random moments while customers buy; the portal drops the
+ * webhooks it cannot deliver meanwhile (Bitrix24 does not retry), so the sweep has to find
+ * them.  In the end every card and the ledger show exactly the expected totals.
+ */
+START_TEST(test_sigkill_under_load)
+{
+    enum { N = 12 };
+    char *contacts[N], *deals[N];
+    char listen[32];
+    start(", sweep_interval_ms = 1500", "{\"drain\": 20, \"burst\": 200}");
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", dport);
+    srand((unsigned)getpid());
+    for (int i = 0; i < N; i++) {
+        contacts[i] = new_customer("K");
+        deals[i] = won_deal(contacts[i], "2000.00");
+        if (i % 3 == 2) {
+            usleep((useconds_t)(rand() % 400000));
+            kill(daemon_proc.pid, SIGKILL);
+            ck_assert_int_eq(loyd_e2e_wait_exit(&daemon_proc, 5000), 128 + SIGKILL);
+            start_daemon(listen, ", sweep_interval_ms = 1500");
+        }
+    }
+    for (int i = 0; i < N; i++)
+        wait_card("contact", contacts[i], "UF_CRM_LOYD_BALANCE", 500 + 6000, 60000);
+    settle(30000);
+    ck_assert_int_eq(metric("loyd_writebacks_total{outcome=\"dead\"}"), 0);
+    /* The ledger, read from the store: exactly N welcome bonuses and N cashbacks. */
+    char cmd[700], out[64] = "";
+    snprintf(cmd, sizeof(cmd),
+             "sqlite3 '%s/loyd.db' 'SELECT COUNT(*) || \" \" || SUM(points) FROM ledger' 2>&1",
+             dir);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_ptr_nonnull(fgets(out, sizeof(out), f));
+    pclose(f);
+    char want[64];
+    snprintf(want, sizeof(want), "%d %d\n", 2 * N, N * 6500);
+    ck_assert_str_eq(out, want);
+    for (int i = 0; i < N; i++) {
+        free(contacts[i]);
+        free(deals[i]);
+    }
+}
+END_TEST
+
+Suite *e2e_b24_suite(void)
+{
+    Suite *s = suite_create("e2e_b24");
+    TCase *tc = tcase_create("bitrix24");
+    tcase_add_checked_fixture(tc, NULL, teardown);
+    tcase_set_timeout(tc, 240);
+    tcase_add_test(tc, test_won_deal_awards_once_and_reopen_reverses);
+    tcase_add_test(tc, test_503_burst_then_every_write_lands);
+    tcase_add_test(tc, test_sigkill_under_load);
+    suite_add_tcase(s, tc);
+    return s;
+}
