@@ -46,7 +46,7 @@ EXT_OBJ := $(call obj,$(EXT_SRC))
 TEST_OBJ := $(call obj,$(TEST_SRC))
 PLUGIN_SO := $(BUILD)/plugins/example.so $(BUILD)/plugins/example_bad_abi.so
 
-.PHONY: all check asan install clean deps format format-check
+.PHONY: all check asan install clean deps format format-check demo
 all: $(BUILD)/loyd $(PLUGIN_SO)
 
 $(BUILD)/loyd: $(call obj,core/main.c) $(CORE_OBJ) $(EXT_OBJ)
@@ -103,6 +103,10 @@ $(BUILD)/tests/loyd_tests: $(TEST_OBJ) $(CORE_OBJ) $(EXT_OBJ)
 	@mkdir -p $(@D)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(SANFLAGS) -rdynamic -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+
+# The guided tour: emulated Bitrix24 + daemon + retail pack (core/demo.c).
+demo: $(BUILD)/loyd
+	$(BUILD)/loyd demo
 
 check: $(BUILD)/tests/loyd_tests $(BUILD)/loyd $(PLUGIN_SO)
 	LOYD_BIN=$(abspath $(BUILD)/loyd) LOYD_PLUGIN_DIR=$(abspath $(BUILD)/plugins) \

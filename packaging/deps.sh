@@ -4,7 +4,7 @@
 set -eu
 
 PKGS="build-essential pkg-config libuv1-dev libcurl4-openssl-dev libjansson-dev liblua5.4-dev
-libsqlite3-dev libhttp-parser-dev check tzdata"
+libsqlite3-dev libhttp-parser-dev check tzdata sqlite3"
 # Benchmarks also use wrk (installed by `make bench` on demand, not needed for tests).
 [ "${1:-}" = "--bench" ] && PKGS="$PKGS wrk"
 
