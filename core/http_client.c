@@ -421,6 +421,8 @@ static void req_finish(struct http_req *r, int err, CURLcode cc)
         res.body_len = r->resp_len;
         res.content_type = r->has_content_type ? r->content_type : NULL;
         res.retry_after = r->has_retry_after ? r->retry_after : NULL;
+        if (curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &res.effective_url) != CURLE_OK)
+            res.effective_url = NULL;
         if (status >= 200 && status < 300)
             c->stats.ok_2xx++;
         else if (status >= 400 && status < 500)

@@ -17,6 +17,7 @@
 #define FIRST_RETRY_MS 250
 #define MEMBERS_PAGE 200
 #define SWEEP_MARGIN_MS (5 * 60 * 1000) /* CRM clocks and commits lag: look a bit further back */
+#define NEWS_SLACK_MS 5000 /* start-up sync: changes this close to its start are news */
 
 /* A stored webhook being processed: its notices and what the connector read for each. */
 struct row {
@@ -394,9 +395,11 @@ static int apply_snapshot(struct loyd_worker *w, const json_t *snap, const json_
     if (prev_text != NULL)
         prev = json_loads(prev_text, 0, NULL);
     free(prev_text);
-    /* What changed after the start-up sync began is news, not history: derive it as such. */
+    /* What changed after the start-up sync began is news, not history: derive it as such.
+     * CRMs date changes to the second (Bitrix24's DATE_MODIFY), and their clock is not ours:
+     * a change within NEWS_SLACK_MS before the start counts as news rather than be lost. */
     bool history = w->unit.initial_sync &&
-                   ifield(snap, "modified_at") < (int64_t)w->sweep_started;
+                   ifield(snap, "modified_at") + NEWS_SLACK_MS < (int64_t)w->sweep_started;
     rc = loyd_derive(snap, prev, contact, now_ms(w), history, &d, &err);
     if (rc != 0) {
         loyd_log_warn(WORKER, "tenant=%s %s", w->tenant, err.data ? err.data : "bad snapshot");

@@ -4,6 +4,7 @@
 #define LOYD_B24_H
 
 #include "loyd/plugin.h"
+#include "portal.h"
 
 struct b24_rest;
 struct wjob;
@@ -11,7 +12,8 @@ struct wjob;
 struct b24_tenant {
     const struct loyd_host_api *host;
     void *hctx;
-    struct b24_rest *rest; /* REST access, or NULL when no webhook_url is configured */
+    struct b24_rest *rest; /* REST access, or NULL without webhook_url or client_id */
+    struct b24_rest_limits lim; /* the portal's request limit as configured */
     json_t *attributes;    /* member attribute -> CRM field (crm.attributes) */
     char *redeem_field;    /* deal field with points to redeem, or NULL */
     json_t *uf_known;      /* loyd's fields the portal has ("deal:" prefix for deals) */

@@ -9,12 +9,14 @@
 
 #include "b24.h"
 #include "emu.h"
+#include "oauth.h"
 #include "rest.h"
 #include "loyd/plugin.h"
 
 struct b24_plugin {
     const struct loyd_host_api *host;
     void *hctx;
+    struct b24_portals *portals; /* one leaky bucket per portal, whichever tenant calls */
 };
 
 static int b24_init(const struct loyd_host_api *host, void *hctx, const json_t *config,
@@ -27,13 +29,16 @@ static int b24_init(const struct loyd_host_api *host, void *hctx, const json_t *
         return -ENOMEM;
     p->host = host;
     p->hctx = hctx;
+    p->portals = b24_portals_new();
     *state = p;
     return 0;
 }
 
 static void b24_destroy(void *state)
 {
-    free(state);
+    struct b24_plugin *p = state;
+    b24_portals_free(p->portals);
+    free(p);
 }
 
 const struct loyd_config_field b24_tenant_config[] = {
@@ -44,9 +49,24 @@ const struct loyd_config_field b24_tenant_config[] = {
      "without it, the token delivered by ONAPPINSTALL is used"},
     {LOYD_FIELD_STRING, "member_id", NULL, false,
      "accept events only from this portal (auth[member_id])"},
+    {LOYD_FIELD_STRING, "client_id", NULL, false,
+     "OAuth app instead of a webhook URL: the app's client_id (local or market app)"},
+    {LOYD_FIELD_SECRET, "client_secret", NULL, false, "OAuth app: the app's client_secret"},
+    {LOYD_FIELD_STRING, "oauth_url", "https://oauth.bitrix.info/oauth/token/", false,
+     "OAuth app: the token endpoint (https://oauth.bitrix24.tech/oauth/token/ for .ru portals)"},
+    {LOYD_FIELD_STRING, "rest_url", NULL, false,
+     "OAuth app: the portal's REST base, https://<portal>/rest/ (ONAPPINSTALL also tells it)"},
+    {LOYD_FIELD_SECRET, "access_token", NULL, false,
+     "OAuth app: a first access token; ONAPPINSTALL delivers one too"},
+    {LOYD_FIELD_SECRET, "refresh_token", NULL, false,
+     "OAuth app: a first refresh token (single use: the rotated ones are kept in the store)"},
     {LOYD_FIELD_STRING, "rate", "standard", false,
      "the portal's request limit: \"standard\" (2 requests/s, burst 50) or \"enterprise\" "
      "(5/s, burst 250)"},
+    {LOYD_FIELD_INT, "rate_per_sec", NULL, false,
+     "overrides rate: requests per second the portal allows (on-premise installs set their "
+     "own limits)"},
+    {LOYD_FIELD_INT, "rate_burst", NULL, false, "overrides rate: the portal's burst"},
     {LOYD_FIELD_TABLE, "attributes", NULL, false,
      "member attributes read from contact fields: { review_left = \"UF_CRM_REVIEW_LEFT\" }"},
     {LOYD_FIELD_STRING, "redeem_field", NULL, false,
@@ -94,13 +114,45 @@ int b24_tenant_open(void *plugin_state, void *hctx, const json_t *crm, void **ou
         b24_tenant_close(t);
         return LOYD_ECONFIG;
     }
+    const json_t *per_sec = json_object_get(crm, "rate_per_sec");
+    const json_t *burst = json_object_get(crm, "rate_burst");
+    if (per_sec != NULL) {
+        if (!json_is_integer(per_sec) || json_integer_value(per_sec) < 1 ||
+            json_integer_value(per_sec) > 1000) {
+            p->host->log(hctx, LOYD_LOG_ERR, "crm.rate_per_sec: expected 1..1000");
+            b24_tenant_close(t);
+            return LOYD_ECONFIG;
+        }
+        lim.drain_milli = (uint32_t)json_integer_value(per_sec) * 1000;
+    }
+    if (burst != NULL) {
+        if (!json_is_integer(burst) || json_integer_value(burst) < 1 ||
+            json_integer_value(burst) > 10000) {
+            p->host->log(hctx, LOYD_LOG_ERR, "crm.rate_burst: expected 1..10000");
+            b24_tenant_close(t);
+            return LOYD_ECONFIG;
+        }
+        lim.burst = (uint32_t)json_integer_value(burst);
+    }
+    t->lim = lim;
+    static const char *const urls[] = {"webhook_url", "rest_url", "oauth_url"};
+    for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
+        const char *u = json_string_value(json_object_get(crm, urls[i]));
+        if (u != NULL && *u != '\0' && strncmp(u, "https://", 8) != 0 &&
+            strncmp(u, "http://", 7) != 0) {
+            p->host->log(hctx, LOYD_LOG_ERR, "crm.%s: expected an https:// URL", urls[i]);
+            b24_tenant_close(t);
+            return LOYD_ECONFIG;
+        }
+    }
+    struct b24_rest_config rc = {.portals = p->portals, .lim = lim};
+    char *client_id = dup_opt(crm, "client_id");
     if (t->webhook_url != NULL) {
         size_t n = strlen(t->webhook_url);
-        if ((strncmp(t->webhook_url, "https://", 8) != 0 &&
-             strncmp(t->webhook_url, "http://", 7) != 0) ||
-            strstr(t->webhook_url, "/rest/") == NULL) {
+        if (strstr(t->webhook_url, "/rest/") == NULL) {
             p->host->log(hctx, LOYD_LOG_ERR,
                          "crm.webhook_url: expected https://<portal>/rest/<user>/<code>/");
+            free(client_id);
             b24_tenant_close(t);
             return LOYD_ECONFIG;
         }
@@ -108,9 +160,23 @@ int b24_tenant_open(void *plugin_state, void *hctx, const json_t *crm, void **ou
         if (base == NULL)
             abort();
         snprintf(base, n + 2, "%s%s", t->webhook_url, t->webhook_url[n - 1] == '/' ? "" : "/");
-        t->rest = b24_rest_create(p->host, hctx, base, &lim);
+        rc.webhook_url = base;
+        t->rest = b24_rest_create(p->host, hctx, &rc);
         free(base);
+    } else if (client_id != NULL) {
+        const char *oauth_url = json_string_value(json_object_get(crm, "oauth_url"));
+        struct b24_oauth_config oc = {
+            .client_id = client_id,
+            .client_secret = json_string_value(json_object_get(crm, "client_secret")),
+            .oauth_url = oauth_url != NULL && *oauth_url ? oauth_url : NULL,
+            .rest_url = json_string_value(json_object_get(crm, "rest_url")),
+            .access_token = json_string_value(json_object_get(crm, "access_token")),
+            .refresh_token = json_string_value(json_object_get(crm, "refresh_token")),
+        };
+        rc.oauth = b24_oauth_open(p->host, hctx, &oc);
+        t->rest = b24_rest_create(p->host, hctx, &rc);
     }
+    free(client_id);
     char *known = NULL;
     if (p->host->kv_get(hctx, "uf:known", &known) == 0 && known != NULL)
         t->uf_known = json_loads(known, 0, NULL);
@@ -140,9 +206,10 @@ void b24_tenant_close(void *tenant)
 
 static void b24_rate_policy(void *tenant, struct loyd_rate_policy *out)
 {
-    (void)tenant;
+    struct b24_tenant *t = tenant;
     /* The REST client paces itself; the host sends one batch's worth per write. */
-    *out = (struct loyd_rate_policy){.per_sec_milli = 2000, .burst = 50, .max_batch = 50};
+    *out = (struct loyd_rate_policy){
+        .per_sec_milli = t->lim.drain_milli, .burst = t->lim.burst, .max_batch = 50};
 }
 
 static const struct loyd_connector_ops b24_ops = {

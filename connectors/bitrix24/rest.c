@@ -8,16 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "oauth.h"
+
 #define BATCH_MAX 50
-#define BACKOFF_FIRST_MS 1000
-#define BACKOFF_MAX_MS 30000
 #define TRANSPORT_TRIES 5
+#define MOVED_KV "portal:moved"
 
 struct cmd {
     struct cmd *next;
     char *method;
     char *query; /* "method?a=b" */
     bool idempotent;
+    bool reauthed; /* already re-sent once after a token refresh */
     int tries;
     b24_rest_cb cb;
     void *arg;
@@ -26,18 +28,18 @@ struct cmd {
 struct b24_rest {
     const struct loyd_host_api *host;
     void *hctx;
-    char *base;
+    char *base;               /* inbound-webhook base, or NULL: the OAuth endpoint */
+    char *configured;         /* the base as the tenant file gave it (moves are keyed on it) */
+    struct b24_oauth *oauth;  /* OAuth tokens, or NULL for an inbound webhook */
+    struct b24_portal *portal; /* pacing shared with the portal's other tenants */
+    struct b24_portals *portals;
     struct b24_rest_limits lim;
     struct cmd *head, *tail;
     size_t queued;
     bool in_flight, closed;
-    int refs;                /* the owner + a call in flight */
+    bool awaiting_token;      /* a refresh was asked for; flush waits for its answer */
+    int refs;                 /* the owner + a call in flight + a token wait */
     uint64_t timer, timer_at;
-    /* Leaky bucket, in thousandths of a request. */
-    int64_t tokens;
-    uint64_t refilled_ms;
-    uint64_t backoff_until, backoff_ms;
-    json_t *held; /* method -> ms until which the operating limit holds it */
     struct b24_rest_stats stats;
 };
 
@@ -47,6 +49,8 @@ struct flight {
     struct cmd **cmds;
     size_t n;
     char *body;
+    char *url;
+    char *access; /* the token the call carried (OAuth) */
 };
 
 static void schedule(struct b24_rest *r, uint64_t delay_ms);
@@ -69,6 +73,11 @@ static void put(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
     memcpy(*buf + *len, s, n);
     *len += n;
     (*buf)[*len] = '\0';
+}
+
+void b24_form_append(char **buf, size_t *len, size_t *cap, const char *s)
+{
+    put(buf, len, cap, s, strlen(s));
 }
 
 static void put_escaped(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
@@ -149,31 +158,56 @@ static void unref(struct b24_rest *r)
         free(c);
         c = n;
     }
-    json_decref(r->held);
+    b24_oauth_close(r->oauth);
+    b24_portal_detach(r->portal);
     free(r->base);
+    free(r->configured);
     free(r);
 }
 
+static char *xstrdup_or_null(const char *v)
+{
+    if (v == NULL)
+        return NULL;
+    char *d = strdup(v);
+    if (d == NULL)
+        abort();
+    return d;
+}
+
 struct b24_rest *b24_rest_create(const struct loyd_host_api *host, void *hctx,
-                                 const char *base_url, const struct b24_rest_limits *lim)
+                                 const struct b24_rest_config *cfg)
 {
     struct b24_rest *r = calloc(1, sizeof(*r));
     if (r == NULL)
         abort();
     r->host = host;
     r->hctx = hctx;
-    r->base = strdup(base_url);
-    if (r->base == NULL)
-        abort();
-    r->lim = *lim;
-    if (r->lim.drain_milli == 0)
-        r->lim.drain_milli = 2000;
-    if (r->lim.burst == 0)
-        r->lim.burst = 50;
-    r->tokens = (int64_t)r->lim.burst * 1000;
-    r->refilled_ms = host->now_ms(hctx);
-    r->held = json_object();
+    r->oauth = cfg->webhook_url == NULL ? cfg->oauth : NULL;
+    if (cfg->webhook_url != NULL)
+        b24_oauth_close(cfg->oauth);
+    r->base = xstrdup_or_null(cfg->webhook_url);
+    r->configured = xstrdup_or_null(cfg->webhook_url);
     r->refs = 1;
+    r->portals = cfg->portals;
+    r->lim = cfg->lim;
+    /* A portal that moved (302) is called at its new address from the start. */
+    char *text = NULL;
+    if (r->base != NULL && host->kv_get(hctx, MOVED_KV, &text) == 0 && text != NULL) {
+        json_t *mv = json_loads(text, 0, NULL);
+        const char *from = json_string_value(json_object_get(mv, "from"));
+        const char *to = json_string_value(json_object_get(mv, "to"));
+        if (from != NULL && to != NULL && strcmp(from, r->configured) == 0) {
+            free(r->base);
+            r->base = xstrdup_or_null(to);
+        }
+        json_decref(mv);
+    }
+    free(text);
+    /* The pacing is the portal's, whoever calls it; an app learns its portal at install. */
+    const char *url = r->base != NULL ? r->base : b24_oauth_endpoint(r->oauth);
+    r->portal = b24_portal_attach(cfg->portals, url != NULL ? url : "oauth:", &cfg->lim,
+                                  host->now_ms(hctx));
     return r;
 }
 
@@ -199,6 +233,11 @@ void b24_rest_close(struct b24_rest *r)
 void b24_rest_stats(const struct b24_rest *r, struct b24_rest_stats *out)
 {
     *out = r->stats;
+}
+
+struct b24_oauth *b24_rest_oauth(const struct b24_rest *r)
+{
+    return r != NULL ? r->oauth : NULL;
 }
 
 static void push(struct b24_rest *r, struct cmd *c, bool front)
@@ -269,23 +308,48 @@ static void schedule(struct b24_rest *r, uint64_t delay_ms)
     r->timer = r->host->timer_start(r->hctx, delay_ms, flush, r);
 }
 
-static void refill(struct b24_rest *r, uint64_t now)
-{
-    if (now > r->refilled_ms) {
-        r->tokens += (int64_t)((now - r->refilled_ms) * r->lim.drain_milli / 1000);
-        if (r->tokens > (int64_t)r->lim.burst * 1000)
-            r->tokens = (int64_t)r->lim.burst * 1000;
-    }
-    r->refilled_ms = now;
-}
-
-static uint64_t held_for(struct b24_rest *r, const char *method, uint64_t now)
-{
-    uint64_t until = (uint64_t)json_integer_value(json_object_get(r->held, method));
-    return until > now ? until - now : 0;
-}
-
 static void on_response(void *arg, int err, const struct loyd_http_response *res);
+
+/* Ends every queued command with @p err (the token is gone: nothing can be sent). */
+static void fail_queued(struct b24_rest *r, int err)
+{
+    while (r->head != NULL) {
+        struct cmd *c = r->head;
+        r->head = c->next;
+        r->queued--;
+        finish(c, err, NULL, NULL);
+    }
+    r->tail = NULL;
+}
+
+static void on_token(void *arg, int err)
+{
+    struct b24_rest *r = arg;
+    r->awaiting_token = false;
+    if (!r->closed) {
+        if (err == 0)
+            schedule(r, 0);
+        else
+            fail_queued(r, err);
+    }
+    unref(r);
+}
+
+/* OAuth: asks for a new pair once; flush resumes when it is stored. */
+static void need_token(struct b24_rest *r)
+{
+    if (r->awaiting_token)
+        return;
+    r->awaiting_token = true;
+    r->refs++;
+    b24_oauth_refresh(r->oauth, on_token, r);
+}
+
+/* Where calls go now: the webhook base (or where it moved), or the app's portal. */
+static const char *base_url(const struct b24_rest *r)
+{
+    return r->base != NULL ? r->base : b24_oauth_endpoint(r->oauth);
+}
 
 static void flush(void *arg)
 {
@@ -293,15 +357,23 @@ static void flush(void *arg)
     uint64_t now = r->host->now_ms(r->hctx), wait = 0;
 
     r->timer = 0;
-    if (r->closed || r->in_flight || r->head == NULL)
+    if (r->closed || r->in_flight || r->head == NULL || r->awaiting_token)
         return;
-    if (now < r->backoff_until) {
-        schedule(r, r->backoff_until - now);
+    if (r->oauth != NULL && (b24_oauth_access(r->oauth) == NULL || b24_oauth_busy(r->oauth) ||
+                             base_url(r) == NULL)) {
+        need_token(r);
         return;
     }
-    refill(r, now);
-    if (r->tokens < 1000) {
-        schedule(r, (uint64_t)(1000 - r->tokens) * 1000 / r->lim.drain_milli + 1);
+    char origin[256];
+    b24_url_origin(base_url(r), origin, sizeof(origin));
+    if (strcmp(origin, r->portal->origin) != 0) {
+        /* The app learned (or changed) its portal: pace with that portal's other callers. */
+        struct b24_portal *p = b24_portal_attach(r->portals, origin, &r->lim, now);
+        b24_portal_detach(r->portal);
+        r->portal = p;
+    }
+    if ((wait = b24_portal_wait(r->portal, now)) > 0) {
+        schedule(r, wait);
         return;
     }
     /* Up to 50 commands whose method is not held by the operating limit, in queue order. */
@@ -316,7 +388,7 @@ static void flush(void *arg)
     struct cmd **pp = &r->head, *prev = NULL;
     while (*pp != NULL && f->n < BATCH_MAX) {
         struct cmd *c = *pp;
-        uint64_t h = held_for(r, c->method, now);
+        uint64_t h = b24_portal_held_for(r->portal, c->method, now);
         if (h > 0) {
             wait = wait == 0 || h < wait ? h : wait;
             prev = c;
@@ -340,28 +412,32 @@ static void flush(void *arg)
         return;
     }
     json_t *body = json_pack("{s:i, s:o}", "halt", 0, "cmd", cmd);
+    if (r->oauth != NULL) {
+        f->access = xstrdup_or_null(b24_oauth_access(r->oauth));
+        json_object_set_new(body, "auth", json_string(f->access));
+    }
     f->body = json_dumps(body, JSON_COMPACT);
     json_decref(body);
-    char *url = malloc(strlen(r->base) + 16);
-    if (url == NULL)
+    const char *base = base_url(r);
+    f->url = malloc(strlen(base) + 16);
+    if (f->url == NULL)
         abort();
-    sprintf(url, "%sbatch.json", r->base);
+    sprintf(f->url, "%s%sbatch.json", base, base[strlen(base) - 1] == '/' ? "" : "/");
     static const char *const headers[] = {"Content-Type: application/json",
                                           "Accept: application/json", NULL};
     struct loyd_http_opts o = {.method = "POST",
-                               .url = url,
+                               .url = f->url,
                                .headers = headers,
                                .body = f->body,
                                .body_len = strlen(f->body),
                                .follow_redirects = true};
-    r->tokens -= 1000;
+    b24_portal_take(r->portal);
     r->in_flight = true;
     r->refs++;
     r->stats.calls++;
     r->stats.commands += f->n;
     r->host->log(r->hctx, LOYD_LOG_DEBUG, "batch: %zu commands", f->n);
     int rc = r->host->http_start(r->hctx, &o, on_response, f);
-    free(url);
     if (rc != 0)
         on_response(f, LOYD_EHTTP, NULL);
 }
@@ -373,25 +449,33 @@ static void requeue(struct flight *f, size_t from)
         push(f->r, f->cmds[i], true);
 }
 
-static void backoff(struct b24_rest *r)
+/*
+ * The portal answered from another address (302, its domain changed): later calls go there
+ * directly, and the new address is remembered across restarts.  Only the origin is logged,
+ * since a webhook URL's path holds its secret code.
+ */
+static void follow_move(struct b24_rest *r, struct flight *f, const char *effective)
 {
-    r->backoff_ms = r->backoff_ms == 0 ? BACKOFF_FIRST_MS : r->backoff_ms * 2;
-    if (r->backoff_ms > BACKOFF_MAX_MS)
-        r->backoff_ms = BACKOFF_MAX_MS;
-    r->backoff_until = r->host->now_ms(r->hctx) + r->backoff_ms;
-    r->tokens = 0; /* the portal says the bucket is full */
-}
-
-/* Holds @p method until the portal's operating_reset_at (from its `time` block). */
-static void hold(struct b24_rest *r, const char *method, const json_t *time)
-{
-    double reset = json_number_value(json_object_get(time, "operating_reset_at"));
-    double finish = json_number_value(json_object_get(time, "finish"));
-    uint64_t ms = reset > finish && finish > 0 ? (uint64_t)((reset - finish) * 1000) : 60000;
-    if (ms > 600000)
-        ms = 600000;
-    json_object_set_new(r->held, method,
-                        json_integer((json_int_t)(r->host->now_ms(r->hctx) + ms + 100)));
+    size_t n = strlen(effective), tail = strlen("batch.json");
+    if (r->base == NULL || n <= tail || strcmp(effective + n - tail, "batch.json") != 0 ||
+        strcmp(effective, f->url) == 0)
+        return;
+    char *to = malloc(n - tail + 1), origin[256];
+    if (to == NULL)
+        abort();
+    memcpy(to, effective, n - tail);
+    to[n - tail] = '\0';
+    b24_url_origin(to, origin, sizeof(origin));
+    r->host->log(r->hctx, LOYD_LOG_NOTICE, "the portal moved to %s: calling it there from now on",
+                 origin);
+    free(r->base);
+    r->base = to;
+    json_t *mv = json_pack("{s:s, s:s}", "from", r->configured, "to", to);
+    char *text = json_dumps(mv, JSON_COMPACT);
+    json_decref(mv);
+    if (r->host->kv_put(r->hctx, MOVED_KV, text, NULL, NULL) != 0)
+        r->host->log(r->hctx, LOYD_LOG_WARN, "cannot remember the portal's new address");
+    free(text);
 }
 
 static const json_t *keyed(const json_t *o, const char *key)
@@ -408,6 +492,7 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
     size_t i = 0;
 
     r->in_flight = false;
+    uint64_t now = r->host->now_ms(r->hctx);
     if (r->closed) {
         /* Nobody listens any more: forget the commands. */
         for (i = 0; i < f->n; i++) {
@@ -421,13 +506,15 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
         doc = json_loadb(res->body, res->body_len, 0, NULL);
     const char *code = json_string_value(json_object_get(doc, "error"));
     long status = err == 0 ? res->status : 0;
+    if (err == 0 && res->effective_url != NULL)
+        follow_move(r, f, res->effective_url);
 
     if (err != 0 || (status >= 500 && status != 503) || (status == 200 && doc == NULL)) {
         /* The call may or may not have run: reads again, adds are the caller's to check. */
         r->stats.transport_errors++;
         r->host->log(r->hctx, LOYD_LOG_WARN, "batch call failed: %s",
                      err != 0 ? loyd_strerror(err) : "bad answer from the portal");
-        backoff(r);
+        b24_portal_backoff(r->portal, now);
         for (i = 0; i < f->n; i++) {
             struct cmd *c = f->cmds[i];
             if (c->idempotent && ++c->tries < TRANSPORT_TRIES)
@@ -440,15 +527,36 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
     if (status == 503 || (code != NULL && strcmp(code, "QUERY_LIMIT_EXCEEDED") == 0)) {
         r->stats.limit_errors++;
         r->host->log(r->hctx, LOYD_LOG_INFO, "portal says QUERY_LIMIT_EXCEEDED: backing off");
-        backoff(r);
+        b24_portal_backoff(r->portal, now);
         requeue(f, 0);
         goto out;
     }
     if (status == 429 || (code != NULL && strcmp(code, "OPERATION_TIME_LIMIT") == 0)) {
         r->stats.limit_errors++;
-        hold(r, "batch", json_object_get(doc, "time"));
-        backoff(r);
+        b24_portal_hold(r->portal, "batch", json_object_get(doc, "time"), now);
+        b24_portal_backoff(r->portal, now);
         requeue(f, 0);
+        goto out;
+    }
+    if (status == 401 && code != NULL && strcmp(code, "expired_token") == 0 &&
+        r->oauth != NULL) {
+        /* Refresh once and send again; a command refused twice has a token problem. */
+        size_t kept = 0;
+        for (i = f->n; i-- > 0;) {
+            struct cmd *c = f->cmds[i];
+            if (c->reauthed) {
+                finish(c, LOYD_ETOKEN, NULL, NULL);
+            } else {
+                c->reauthed = true;
+                push(r, c, true);
+                kept++;
+            }
+        }
+        r->host->log(r->hctx, LOYD_LOG_INFO, "access token expired: refreshing");
+        /* Unless the pair changed meanwhile, this token is dead: ask for a new one. */
+        if (kept > 0 && f->access != NULL && b24_oauth_access(r->oauth) != NULL &&
+            strcmp(f->access, b24_oauth_access(r->oauth)) == 0)
+            need_token(r);
         goto out;
     }
     if (status != 200 || code != NULL) {
@@ -465,7 +573,7 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
         json_decref(eo);
         goto out;
     }
-    r->backoff_ms = 0;
+    b24_portal_ok(r->portal);
     const json_t *outer = json_object_get(doc, "result");
     const json_t *results = json_object_get(outer, "result");
     const json_t *errors = json_object_get(outer, "result_error");
@@ -481,7 +589,7 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
             /* Refused, not run: again later. */
             r->stats.limit_errors++;
             if (strcmp(ecode, "OPERATION_TIME_LIMIT") == 0)
-                hold(r, c->method, json_object_get(doc, "time"));
+                b24_portal_hold(r->portal, c->method, json_object_get(doc, "time"), now);
             push(r, c, false);
         } else if (e != NULL) {
             json_t *eo = json_is_object(e) ? json_incref((json_t *)e)
@@ -500,6 +608,8 @@ out:
     json_decref(doc);
     free(f->cmds);
     free(f->body);
+    free(f->url);
+    free(f->access);
     free(f);
     if (!r->closed && r->head != NULL)
         schedule(r, 0);

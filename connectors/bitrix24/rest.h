@@ -1,9 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The Bitrix24 REST client of one tenant: every command goes through `batch` (at most 50 per
- * call), paced by the portal's leaky bucket, held per method while the portal's operating-time
- * limit is exhausted, backed off on 503 QUERY_LIMIT_EXCEEDED.  Commands queued during one loop
- * turn share a call.  (Facts: /work/shared/crm/bitrix24.md sections 2 and 4.)
+ * call), paced by the portal's leaky bucket (shared with every tenant on that portal,
+ * portal.h), held per method while the portal's operating-time limit is exhausted, backed off
+ * on 503 QUERY_LIMIT_EXCEEDED.  Commands queued during one loop turn share a call.
+ * (Facts: /work/shared/crm/bitrix24.md sections 2 and 4.)
+ *
+ * Auth: an inbound-webhook URL, or an OAuth app (oauth.h): the access token rides in each
+ * call; 401 expired_token refreshes it once (single-flight) and sends the refused commands
+ * again; a command refused after that fails with LOYD_ETOKEN.
+ *
+ * A 302 (the portal's domain changed) is followed with the POST intact by the host; the new
+ * address is then used directly and remembered in kv "portal:moved".
  *
  * Retries: a command is retried by this layer only when it surely did not run (a 503/429
  * refusal of the whole call) or when it is idempotent (reads, updates with absolute values)
@@ -20,6 +28,9 @@
 #include <stdint.h>
 
 #include "loyd/plugin.h"
+#include "portal.h"
+
+struct b24_oauth;
 
 struct b24_rest;
 
@@ -37,14 +48,16 @@ struct b24_rest_stats {
  */
 typedef void (*b24_rest_cb)(void *arg, int err, const json_t *result, const json_t *error);
 
-/* The pacing of one portal: drain_milli requests/s x 1000 (2000 = 2/s) and burst. */
-struct b24_rest_limits {
-    uint32_t drain_milli, burst;
+struct b24_rest_config {
+    const char *webhook_url;     /* REST base ending in '/' (https://portal/rest/1/code/), or
+                                    NULL: the OAuth app below */
+    struct b24_oauth *oauth;     /* taken (closed with the client); used without webhook_url */
+    struct b24_portals *portals; /* the plugin's registry, or NULL: private pacing */
+    struct b24_rest_limits lim;  /* the portal's limits, when this client is its first */
 };
 
-/** @p base_url is the REST base ending in '/' (https://portal/rest/1/code/). */
 struct b24_rest *b24_rest_create(const struct loyd_host_api *host, void *hctx,
-                                 const char *base_url, const struct b24_rest_limits *lim);
+                                 const struct b24_rest_config *cfg);
 void b24_rest_close(struct b24_rest *r);
 
 /**
@@ -56,7 +69,12 @@ void b24_rest_call(struct b24_rest *r, const char *method, const json_t *params,
 
 void b24_rest_stats(const struct b24_rest *r, struct b24_rest_stats *out);
 
+/** The OAuth tokens, or NULL for an inbound webhook (ONAPPINSTALL hands them over). */
+struct b24_oauth *b24_rest_oauth(const struct b24_rest *r);
+
 /** Appends @p v as form parameters named @p prefix (a[b][0]=x), percent-encoded. */
 void b24_form_encode(char **buf, size_t *len, size_t *cap, const char *prefix, const json_t *v);
+/** Appends @p s as it is. */
+void b24_form_append(char **buf, size_t *len, size_t *cap, const char *s);
 
 #endif

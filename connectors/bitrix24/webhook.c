@@ -10,6 +10,8 @@
  * Every comparison is constant-time.  Events carry only ids; enrichment reads the rest.
  */
 #include "b24.h"
+#include "oauth.h"
+#include "rest.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -116,12 +118,12 @@ static int on_install(struct b24_tenant *t, const json_t *form, const char *memb
     /* The writer queue orders this before the webhook's own inbox row. */
     if (t->host->kv_put(t->hctx, key, token, install_stored, t) != 0)
         t->host->log(t->hctx, LOYD_LOG_ERR, "cannot queue the installed app's token");
+    /* An OAuth app's first token pair: stored, then used for the REST calls. */
     const char *refresh = form_str(form, "auth", "refresh_token", NULL);
-    if (refresh != NULL) {
-        snprintf(key, sizeof(key), "refresh_token:%s", member_id);
-        if (t->host->kv_put(t->hctx, key, refresh, install_stored, t) != 0)
-            t->host->log(t->hctx, LOYD_LOG_ERR, "cannot queue the installed app's refresh token");
-    }
+    struct b24_oauth *oauth = b24_rest_oauth(t->rest);
+    if (refresh != NULL && *refresh != '\0' && oauth != NULL)
+        b24_oauth_install(oauth, form_str(form, "auth", "access_token", NULL), refresh,
+                          form_str(form, "auth", "client_endpoint", NULL), install_stored, t);
     t->host->log(t->hctx, LOYD_LOG_NOTICE, "app installed on portal member_id=%s", member_id);
     return 0;
 }

@@ -55,10 +55,17 @@ static int fake_form_parse(void *hctx, const char *body, size_t len, json_t **ou
     return rc;
 }
 
+static uint64_t fake_now_ms(void *hctx)
+{
+    (void)hctx;
+    return 1736405807000ull;
+}
+
 static const struct loyd_host_api host = {
     .abi = LOYD_PLUGIN_ABI,
     .size = sizeof(struct loyd_host_api),
     .log = fake_log,
+    .now_ms = fake_now_ms,
     .kv_get = fake_kv_get,
     .kv_put = fake_kv_put,
     .form_parse = fake_form_parse,
@@ -73,19 +80,20 @@ static const struct loyd_host_api host = {
 #define INSTALL(token)                                                                             \
     "event=ONAPPINSTALL&data%5BVERSION%5D=1.0.0&ts=1696527000&auth%5Bmember_id%5D=" MEMBER         \
     "&auth%5Baccess_token%5D=s6p6eclrvim6da22ft9ch94ekreb52lv"                                     \
+    "&auth%5Bclient_endpoint%5D=https%3A%2F%2Fsome-domain.bitrix24.com%2Frest%2F"                  \
     "&auth%5Brefresh_token%5D=4s386p3q0tr8dy89xvmt96234v3dljg8&auth%5Bapplication_token%5D=" token
 
-static struct b24_plugin_state {
-    const struct loyd_host_api *host;
-    void *hctx;
-} plugin_state = {&host, NULL};
+extern const struct loyd_plugin loyd_plugin_bitrix24;
 
 static void *open_tenant(const char *crm_json)
 {
+    static void *plugin_state;
     json_t *crm = json_loads(crm_json, 0, NULL);
     void *t = NULL;
     ck_assert_ptr_nonnull(crm);
-    ck_assert_int_eq(b24_tenant_open(&plugin_state, NULL, crm, &t), 0);
+    if (plugin_state == NULL)
+        ck_assert_int_eq(loyd_plugin_bitrix24.init(&host, NULL, NULL, &plugin_state), 0);
+    ck_assert_int_eq(b24_tenant_open(plugin_state, NULL, crm, &t), 0);
     json_decref(crm);
     return t;
 }
@@ -198,7 +206,8 @@ END_TEST
 
 START_TEST(test_install_then_events)
 {
-    void *t = open_tenant("{}");
+    /* An OAuth app (client_id set): the install also hands over the app's first token pair. */
+    void *t = open_tenant("{\"client_id\":\"app.1\"}");
     json_t *n;
     char msg[256];
 
@@ -207,8 +216,14 @@ START_TEST(test_install_then_events)
                      "install");
     json_decref(n);
     ck_assert_str_eq(json_string_value(json_object_get(kv, "application_token:" MEMBER)), TOKEN);
-    ck_assert_str_eq(json_string_value(json_object_get(kv, "refresh_token:" MEMBER)),
+    json_t *pair = json_loads(json_string_value(json_object_get(kv, "oauth")), 0, NULL);
+    ck_assert_str_eq(json_string_value(json_object_get(pair, "refresh")),
                      "4s386p3q0tr8dy89xvmt96234v3dljg8");
+    ck_assert_str_eq(json_string_value(json_object_get(pair, "access")),
+                     "s6p6eclrvim6da22ft9ch94ekreb52lv");
+    ck_assert_str_eq(json_string_value(json_object_get(pair, "endpoint")),
+                     "https://some-domain.bitrix24.com/rest/");
+    json_decref(pair);
     ck_assert_int_eq(parse(t, DEAL_UPDATE(TOKEN), FORM, &n, msg), 0);
     json_decref(n);
     ck_assert_int_eq(parse(t, DEAL_UPDATE("0000000000000000000000000000000"), FORM, &n, msg),

@@ -62,6 +62,8 @@ struct loyd_http_response {
     size_t body_len;
     const char *content_type; /* borrowed, may be NULL */
     const char *retry_after;  /* borrowed, may be NULL: the Retry-After header */
+    const char *effective_url; /* borrowed, may be NULL: where redirects led (secret-bearing:
+                                  never log it) */
 };
 
 /*
