@@ -530,8 +530,9 @@ static void row_unit_done(struct loyd_worker *w, int err)
 /* A row whose read failed: try again later, or give up after max_attempts. */
 static void row_failed(struct loyd_worker *w, struct row *r, int err)
 {
-    /* No REST access configured: the webhooks wait for the operator, they are not lost. */
-    bool waits = err == LOYD_ERATE || err == LOYD_ECONFIG;
+    /* No REST access configured, or the app's token is revoked: the webhooks wait for the
+     * operator (a config fix, a reinstall), they are not lost. */
+    bool waits = err == LOYD_ERATE || err == LOYD_ECONFIG || err == LOYD_ETOKEN;
     bool dead = !waits && (!transient(err) || r->attempts + 1 >= w->opts.max_attempts);
     char msg[160];
     int rc;
@@ -1147,7 +1148,9 @@ static void on_written(void *arg, const int *results, size_t n)
             if (strcmp(sfield(item, "op"), "contact.fields") == 0)
                 written_store(w, item);
             outbox_finish(w, w->w_ids[i], "done", 0, NULL);
-        } else if (transient(r) && (r == LOYD_ERATE || attempts < w->opts.max_attempts)) {
+        } else if (transient(r) &&
+                   (r == LOYD_ERATE || r == LOYD_ETOKEN || attempts < w->opts.max_attempts)) {
+            /* A limit or a revoked token is the portal's state, not the item's fault. */
             uint64_t wait = FIRST_RETRY_MS;
             for (int64_t a = 1; a < attempts && wait < w->opts.retry_max_ms; a++)
                 wait *= 2;

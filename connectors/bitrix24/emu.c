@@ -528,6 +528,7 @@ void b24emu_destroy(struct b24emu *e)
     free(e->client_secret);
     free(e->currency);
     free(e->server_endpoint);
+    free(e->moved_to);
     json_decref(e->op_cost_by_method);
     for (size_t i = 0; i < e->n_handlers; i++) {
         free(e->handlers[i].url);
@@ -555,6 +556,16 @@ uint64_t b24emu_clock_ms(const struct b24emu *e, uint64_t now_ms)
 {
     long long t = (long long)now_ms + e->clock_offset_ms;
     return t < 0 ? 0 : (uint64_t)t;
+}
+
+const char *b24emu_moved_to(const struct b24emu *e)
+{
+    return e->moved_to;
+}
+
+void b24emu_count_redirect(struct b24emu *e)
+{
+    e->redirects++;
 }
 
 uint32_t b24emu_slow_ms(const struct b24emu *e)
@@ -1062,8 +1073,9 @@ out:
 
 static json_t *counters(const struct b24emu *e)
 {
-    return json_pack("{s:O,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "calls", e->calls, "requests",
-                     (json_int_t)e->requests, "updates", (json_int_t)e->updates,
+    return json_pack("{s:O,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "calls", e->calls, "requests",
+                     (json_int_t)e->requests, "updates", (json_int_t)e->updates, "redirects",
+                     (json_int_t)e->redirects,
                      "events_queued", (json_int_t)e->ev_queued, "events_dropped",
                      (json_int_t)e->ev_dropped, "events_delivered", (json_int_t)e->ev_delivered,
                      "events_failed", (json_int_t)e->ev_failed, "events_pending",
@@ -1204,9 +1216,22 @@ static void emu_control(struct b24_call *c, const char *name, const json_t *p)
             for (size_t i = 0; i < e->n_tokens; i++)
                 e->tokens[i].access_exp_ms = 0;
             b24_ok(c, json_true());
+        } else if (strcmp(mode, "moved") == 0) {
+            const char *to = json_string_value(json_object_get(p, "to"));
+            if (to == NULL ||
+                (strncmp(to, "http://", 7) != 0 && strncmp(to, "https://", 8) != 0) ||
+                strlen(to) > 512 || strpbrk(to, "\r\n") != NULL) {
+                b24_fail(c, 400, "INVALID_ARG_VALUE", "moved needs to: an http(s) base URL");
+                return;
+            }
+            free(e->moved_to);
+            e->moved_to = b24_strdup(to);
+            b24_ok(c, json_true());
         } else if (strcmp(mode, "none") == 0) {
             e->fault_503_until = 0;
             e->slow_ms = 0;
+            free(e->moved_to);
+            e->moved_to = NULL;
             e->drop_ratio = 0;
             b24_ok(c, json_true());
         } else {

@@ -22,11 +22,13 @@
  *                                  does at install (also through the inbound webhook here);
  *   "loyd.emu.*"                   emulator control, no auth, never rate limited, not counted:
  *     loyd.emu.state    everything as JSON (data, tokens' state, faults, counters, clock)
- *     loyd.emu.calls    {calls:{method:n}, requests, updates, events_queued, events_dropped,
- *                        events_delivered, events_failed, events_pending}
+ *     loyd.emu.calls    {calls:{method:n}, requests, updates, redirects, events_queued,
+ *                        events_dropped, events_delivered, events_failed, events_pending}
  *     loyd.emu.fault    {mode:"503_burst", seconds:N, only?:"webhook"|"oauth"} | {mode:"slow", ms:N} |
  *                       {mode:"drop_events", ratio:0..1} | {mode:"expire_tokens"} |
- *                       {mode:"none"} (clears all)
+ *                       {mode:"moved", to:"http://host:port/new"}: the portal changed its
+ *                       address; /rest/... answers 302 Location <to>/rest/..., and any
+ *                       <prefix>/rest/... is served | {mode:"none"} (clears all)
  *     loyd.emu.clock    {now_ms:N} sets the portal clock, {advance_ms:N} moves it; the result
  *                       is the portal time.  It dates DATE_CREATE/DATE_MODIFY, event `ts`,
  *                       the `time` block and token expiry; the two rate limits use the
@@ -109,6 +111,10 @@ bool b24emu_event_pop(struct b24emu *e, char **url, json_t **payload);
 /** The transport reports each popped event's fate (for loyd.emu.calls). */
 void b24emu_event_done(struct b24emu *e, bool delivered);
 size_t b24emu_events_pending(const struct b24emu *e);
+
+/** The "moved" fault's new base URL, or NULL; the transport counts each 302 it sends. */
+const char *b24emu_moved_to(const struct b24emu *e);
+void b24emu_count_redirect(struct b24emu *e);
 
 /** Delay the transport adds before answering (the "slow" fault), in ms; 0 when off. */
 uint32_t b24emu_slow_ms(const struct b24emu *e);

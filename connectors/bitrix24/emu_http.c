@@ -4,6 +4,8 @@
  *
  *   POST|GET /rest/<method>[.json]                OAuth call (auth= or Authorization: Bearer)
  *   POST|GET /rest/<user>/<code>/<method>[.json]  inbound-webhook call
+ *   POST|GET <prefix>/rest/...                    the same, at a portal's new address (the
+ *                                                 "moved" fault redirects /rest/ there)
  *   GET|POST /oauth/token/?grant_type=refresh_token&...   the OAuth server's token endpoint
  *
  * Parameters come from the query string and the body (JSON when the content type says so,
@@ -301,8 +303,21 @@ static void on_request(void *arg, struct loyd_http_exchange *ex,
         json_object_get(params, "auth") == NULL)
         json_object_set_new(params, "auth", json_string(authz + 7));
 
-    if (strncmp(req->path, "/rest/", 6) == 0) {
-        if (b24emu_call(s->emu, req->path + 6, params, now, &status, &resp) != 0)
+    const char *rest = strstr(req->path, "/rest/");
+    const char *moved = b24emu_moved_to(s->emu);
+    if (rest == req->path && moved != NULL && strncmp(rest + 6, "loyd.emu.", 9) != 0) {
+        /* The "moved" fault: the old address sends the client to the new one. */
+        char loc[1200];
+        snprintf(loc, sizeof(loc), "Location: %s%s%s%s", moved, req->path,
+                 req->query != NULL && req->query[0] ? "?" : "", req->query ? req->query : "");
+        const char *const hdrs[] = {loc, "Content-Type: text/html", NULL};
+        json_decref(params);
+        b24emu_count_redirect(s->emu);
+        s->host->http_respond(s->hctx, ex, 302, hdrs, "", 0);
+        return;
+    }
+    if (rest != NULL) {
+        if (b24emu_call(s->emu, rest + 6, params, now, &status, &resp) != 0)
             goto bad;
     } else if (strcmp(req->path, "/oauth/token/") == 0 || strcmp(req->path, "/oauth/token") == 0) {
         if (b24emu_oauth_token(s->emu, params, now, &status, &resp) != 0)

@@ -62,6 +62,7 @@ struct b24emu {
     uint64_t fault_503_until;
     char fault_503_auth[16]; /* "webhook" or "oauth": only those calls; "": all */
     uint32_t slow_ms;
+    char *moved_to; /* the "moved" fault: /rest/ answers 302 to this base */
     double drop_ratio;
     uint64_t rng;
     long long clock_offset_ms;
@@ -71,7 +72,7 @@ struct b24emu {
 
     /* counters */
     json_t *calls;
-    uint64_t requests, updates, ev_queued, ev_dropped, ev_delivered, ev_failed;
+    uint64_t requests, updates, ev_queued, ev_dropped, ev_delivered, ev_failed, redirects;
 };
 
 /* One method call in progress. */

@@ -32,6 +32,7 @@ struct b24_oauth {
     void *hctx;
     char *client_id, *client_secret, *oauth_url;
     char *access, *refresh, *endpoint;
+    char *fixed_endpoint; /* crm.rest_url: wins over what tokens say (a proxy, a test) */
     struct op *op;
     struct waiter *waiters;
     int later_err;
@@ -80,8 +81,7 @@ static void load(struct b24_oauth *o, const struct b24_oauth_config *cfg)
         set(&o->refresh, cfg->refresh_token);
         set(&o->access, cfg->access_token);
     }
-    if (o->endpoint == NULL)
-        set(&o->endpoint, cfg->rest_url);
+    set(&o->fixed_endpoint, cfg->rest_url);
     json_decref(st);
 }
 
@@ -119,6 +119,7 @@ void b24_oauth_close(struct b24_oauth *o)
     free(o->access);
     free(o->refresh);
     free(o->endpoint);
+    free(o->fixed_endpoint);
     free(o);
 }
 
@@ -129,7 +130,7 @@ const char *b24_oauth_access(const struct b24_oauth *o)
 
 const char *b24_oauth_endpoint(const struct b24_oauth *o)
 {
-    return o->endpoint;
+    return o->fixed_endpoint != NULL ? o->fixed_endpoint : o->endpoint;
 }
 
 bool b24_oauth_busy(const struct b24_oauth *o)

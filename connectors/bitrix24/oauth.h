@@ -27,7 +27,8 @@ struct b24_oauth;
 struct b24_oauth_config {
     const char *client_id, *client_secret; /* the app's credentials (required to refresh) */
     const char *oauth_url;     /* token endpoint; default https://oauth.bitrix.info/oauth/token/ */
-    const char *rest_url;      /* REST base (https://<portal>/rest/) until a token names one */
+    const char *rest_url;      /* REST base (https://<portal>/rest/); when set, it wins over
+                                  the client_endpoint the tokens name */
     const char *access_token, *refresh_token; /* seeds, used only when nothing is stored */
 };
 
@@ -38,7 +39,7 @@ void b24_oauth_close(struct b24_oauth *o);
 
 /** The access token, or NULL while none is known (the app is not installed yet). */
 const char *b24_oauth_access(const struct b24_oauth *o);
-/** The portal's REST base from the newest token (client_endpoint), or NULL. */
+/** The portal's REST base: crm.rest_url, else the newest token's client_endpoint; or NULL. */
 const char *b24_oauth_endpoint(const struct b24_oauth *o);
 /** True while a refresh or an install is being committed: requests wait for it. */
 bool b24_oauth_busy(const struct b24_oauth *o);

@@ -55,7 +55,8 @@ const struct loyd_config_field b24_tenant_config[] = {
     {LOYD_FIELD_STRING, "oauth_url", "https://oauth.bitrix.info/oauth/token/", false,
      "OAuth app: the token endpoint (https://oauth.bitrix24.tech/oauth/token/ for .ru portals)"},
     {LOYD_FIELD_STRING, "rest_url", NULL, false,
-     "OAuth app: the portal's REST base, https://<portal>/rest/ (ONAPPINSTALL also tells it)"},
+     "OAuth app: the portal's REST base, https://<portal>/rest/; without it, the "
+     "client_endpoint of ONAPPINSTALL and of each refresh is used"},
     {LOYD_FIELD_SECRET, "access_token", NULL, false,
      "OAuth app: a first access token; ONAPPINSTALL delivers one too"},
     {LOYD_FIELD_SECRET, "refresh_token", NULL, false,
@@ -67,6 +68,8 @@ const struct loyd_config_field b24_tenant_config[] = {
      "overrides rate: requests per second the portal allows (on-premise installs set their "
      "own limits)"},
     {LOYD_FIELD_INT, "rate_burst", NULL, false, "overrides rate: the portal's burst"},
+    {LOYD_FIELD_INT, "timeout_ms", "30000", false,
+     "how long one REST call may take before it counts as failed"},
     {LOYD_FIELD_TABLE, "attributes", NULL, false,
      "member attributes read from contact fields: { review_left = \"UF_CRM_REVIEW_LEFT\" }"},
     {LOYD_FIELD_STRING, "redeem_field", NULL, false,
@@ -146,6 +149,16 @@ int b24_tenant_open(void *plugin_state, void *hctx, const json_t *crm, void **ou
         }
     }
     struct b24_rest_config rc = {.portals = p->portals, .lim = lim};
+    const json_t *timeout = json_object_get(crm, "timeout_ms");
+    if (timeout != NULL) {
+        if (!json_is_integer(timeout) || json_integer_value(timeout) < 100 ||
+            json_integer_value(timeout) > 600000) {
+            p->host->log(hctx, LOYD_LOG_ERR, "crm.timeout_ms: expected 100..600000");
+            b24_tenant_close(t);
+            return LOYD_ECONFIG;
+        }
+        rc.timeout_ms = (uint32_t)json_integer_value(timeout);
+    }
     char *client_id = dup_opt(crm, "client_id");
     if (t->webhook_url != NULL) {
         size_t n = strlen(t->webhook_url);

@@ -13,6 +13,16 @@
 #define HOLD_DEFAULT_MS 60000
 #define HOLD_MAX_MS 600000
 
+/*
+ * The bucket loyd keeps is one request smaller than the portal's: requests reach the portal a
+ * little later than loyd sends them, by varying amounts, and a full bucket with no headroom
+ * turns that jitter into 503s.
+ */
+static int64_t capacity(const struct b24_portal *p)
+{
+    return (int64_t)(p->lim.burst > 1 ? p->lim.burst - 1 : 1) * 1000;
+}
+
 struct b24_portals {
     struct b24_portal *head;
     bool freed; /* the plugin is gone; the last detach frees this */
@@ -70,7 +80,7 @@ struct b24_portal *b24_portal_attach(struct b24_portals *reg, const char *url,
         p->lim.drain_milli = 2000;
     if (p->lim.burst == 0)
         p->lim.burst = 50;
-    p->tokens = (int64_t)p->lim.burst * 1000;
+    p->tokens = capacity(p);
     p->refilled_ms = now_ms;
     p->held = json_object();
     if (reg != NULL) {
@@ -102,8 +112,8 @@ static void refill(struct b24_portal *p, uint64_t now)
 {
     if (now > p->refilled_ms) {
         p->tokens += (int64_t)((now - p->refilled_ms) * p->lim.drain_milli / 1000);
-        if (p->tokens > (int64_t)p->lim.burst * 1000)
-            p->tokens = (int64_t)p->lim.burst * 1000;
+        if (p->tokens > capacity(p))
+            p->tokens = capacity(p);
     }
     p->refilled_ms = now;
 }

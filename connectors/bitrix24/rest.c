@@ -34,12 +34,14 @@ struct b24_rest {
     struct b24_portal *portal; /* pacing shared with the portal's other tenants */
     struct b24_portals *portals;
     struct b24_rest_limits lim;
+    uint32_t timeout_ms;
     struct cmd *head, *tail;
     size_t queued;
     bool in_flight, closed;
     bool awaiting_token;      /* a refresh was asked for; flush waits for its answer */
     int refs;                 /* the owner + a call in flight + a token wait */
     uint64_t timer, timer_at;
+    bool timer_soon; /* the pending timer is for the next loop turn */
     struct b24_rest_stats stats;
 };
 
@@ -191,6 +193,7 @@ struct b24_rest *b24_rest_create(const struct loyd_host_api *host, void *hctx,
     r->refs = 1;
     r->portals = cfg->portals;
     r->lim = cfg->lim;
+    r->timeout_ms = cfg->timeout_ms;
     /* A portal that moved (302) is called at its new address from the start. */
     char *text = NULL;
     if (r->base != NULL && host->kv_get(hctx, MOVED_KV, &text) == 0 && text != NULL) {
@@ -233,6 +236,11 @@ void b24_rest_close(struct b24_rest *r)
 void b24_rest_stats(const struct b24_rest *r, struct b24_rest_stats *out)
 {
     *out = r->stats;
+}
+
+const struct b24_portal *b24_rest_portal(const struct b24_rest *r)
+{
+    return r->portal;
 }
 
 struct b24_oauth *b24_rest_oauth(const struct b24_rest *r)
@@ -300,10 +308,12 @@ static void schedule(struct b24_rest *r, uint64_t delay_ms)
     if (r->closed || r->in_flight)
         return;
     if (r->timer != 0) {
-        if (r->timer_at <= at)
+        /* "Now" always wins: the clock may have jumped since the pending timer was set. */
+        if (r->timer_at <= at && (delay_ms > 0 || r->timer_soon))
             return;
         r->host->timer_cancel(r->hctx, r->timer);
     }
+    r->timer_soon = delay_ms == 0;
     r->timer_at = at;
     r->timer = r->host->timer_start(r->hctx, delay_ms, flush, r);
 }
@@ -372,7 +382,8 @@ static void flush(void *arg)
         b24_portal_detach(r->portal);
         r->portal = p;
     }
-    if ((wait = b24_portal_wait(r->portal, now)) > 0) {
+    if ((wait = b24_portal_wait(r->portal, now)) > 0 ||
+        (wait = b24_portal_held_for(r->portal, "batch", now)) > 0) {
         schedule(r, wait);
         return;
     }
@@ -430,6 +441,7 @@ static void flush(void *arg)
                                .headers = headers,
                                .body = f->body,
                                .body_len = strlen(f->body),
+                               .timeout_ms = r->timeout_ms,
                                .follow_redirects = true};
     b24_portal_take(r->portal);
     r->in_flight = true;
@@ -533,8 +545,8 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
     }
     if (status == 429 || (code != NULL && strcmp(code, "OPERATION_TIME_LIMIT") == 0)) {
         r->stats.limit_errors++;
+        /* The portal charges the batch itself: nothing goes until its reset. */
         b24_portal_hold(r->portal, "batch", json_object_get(doc, "time"), now);
-        b24_portal_backoff(r->portal, now);
         requeue(f, 0);
         goto out;
     }
@@ -589,7 +601,8 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
             /* Refused, not run: again later. */
             r->stats.limit_errors++;
             if (strcmp(ecode, "OPERATION_TIME_LIMIT") == 0)
-                b24_portal_hold(r->portal, c->method, json_object_get(doc, "time"), now);
+                b24_portal_hold(r->portal, c->method,
+                                keyed(json_object_get(outer, "result_time"), key), now);
             push(r, c, false);
         } else if (e != NULL) {
             json_t *eo = json_is_object(e) ? json_incref((json_t *)e)

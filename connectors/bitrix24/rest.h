@@ -54,6 +54,7 @@ struct b24_rest_config {
     struct b24_oauth *oauth;     /* taken (closed with the client); used without webhook_url */
     struct b24_portals *portals; /* the plugin's registry, or NULL: private pacing */
     struct b24_rest_limits lim;  /* the portal's limits, when this client is its first */
+    uint32_t timeout_ms;         /* one call, whole transfer; 0: the host's default */
 };
 
 struct b24_rest *b24_rest_create(const struct loyd_host_api *host, void *hctx,
@@ -68,6 +69,9 @@ void b24_rest_call(struct b24_rest *r, const char *method, const json_t *params,
                    b24_rest_cb cb, void *arg);
 
 void b24_rest_stats(const struct b24_rest *r, struct b24_rest_stats *out);
+
+/** The pacing this client shares with the other callers of its portal. */
+const struct b24_portal *b24_rest_portal(const struct b24_rest *r);
 
 /** The OAuth tokens, or NULL for an inbound webhook (ONAPPINSTALL hands them over). */
 struct b24_oauth *b24_rest_oauth(const struct b24_rest *r);

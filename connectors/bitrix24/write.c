@@ -73,11 +73,17 @@ static void uf_name(const char *field, char out[64])
     out[n] = '\0';
 }
 
+/* The marker must end where the uid does: "loyd shop-1" is not in "... loyd shop-12". */
 static bool marker_in(const char *text, const char *uid)
 {
     char m[128];
-    snprintf(m, sizeof(m), "loyd %s", uid);
-    return text != NULL && strstr(text, m) != NULL;
+    size_t n = (size_t)snprintf(m, sizeof(m), "loyd %s", uid);
+    for (const char *p = text; p != NULL && (p = strstr(p, m)) != NULL; p++) {
+        char end = p[n];
+        if (end == '\0' || end == '\n' || end == '\r' || end == ' ' || end == '<')
+            return true;
+    }
+    return false;
 }
 
 static char *with_marker(const char *text, const char *uid)
