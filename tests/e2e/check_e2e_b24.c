@@ -26,6 +26,7 @@
 static char *dir;
 static struct loyd_proc emu, daemon_proc;
 static int eport, dport;
+static bool oauth_app; /* the tenant is an OAuth app that waits for its install */
 
 static void stop(struct loyd_proc *p)
 {
@@ -42,6 +43,7 @@ static void teardown(void)
     loyd_e2e_assert_clean(&daemon_proc);
     stop(&emu);
     stop(&daemon_proc);
+    oauth_app = false;
     char cmd[600];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     ck_assert_int_eq(system(cmd), 0);
@@ -55,10 +57,16 @@ static void teardown(void)
 static json_t *shop(const char *method, json_t *params /* taken */, int want)
 {
     char path[128], *body = NULL;
-    json_object_set_new(params, "auth", json_string(ACCESS));
+    /* With loyd as the portal's OAuth app, the shop uses an inbound webhook, so that expiring
+     * the app's tokens does not lock the shop out. */
+    if (oauth_app)
+        snprintf(path, sizeof(path), "/rest/1/" CODE "/%s.json", method);
+    else
+        snprintf(path, sizeof(path), "/rest/%s.json", method);
+    if (!oauth_app)
+        json_object_set_new(params, "auth", json_string(ACCESS));
     char *text = json_dumps(params, JSON_COMPACT);
     json_decref(params);
-    snprintf(path, sizeof(path), "/rest/%s.json", method);
     int st;
     for (int tries = 0;; tries++) {
         st = loyd_e2e_http(eport, "POST", path, "Content-Type: application/json\r\n", text,
@@ -194,19 +202,29 @@ static void start(const char *worker, const char *rate, json_t *fault)
     loyd_e2e_spawn(&emu, dir, eargv);
     eport = loyd_e2e_wait_port(&emu, 10000);
     ck_assert_int_gt(eport, 0);
-    char *tenant = loyd_xasprintf("connector = \"bitrix24\"\npack = \"retail\"\n"
-                                  "timezone = \"Europe/Moscow\"\n"
-                                  "crm = { webhook_url = \"http://127.0.0.1:%d/rest/1/" CODE "/\","
-                                  " application_token = \"" TOKEN "\", member_id = \"" MEMBER
-                                  "\" }\n",
-                                  eport);
+    char *tenant =
+        oauth_app
+            ? loyd_xasprintf("connector = \"bitrix24\"\npack = \"retail\"\n"
+                             "timezone = \"Europe/Moscow\"\n"
+                             "crm = { client_id = \"app.1\", client_secret = \"sec\","
+                             " oauth_url = \"http://127.0.0.1:%d/oauth/token/\","
+                             " rest_url = \"http://127.0.0.1:%d/rest/\", member_id = \"" MEMBER
+                             "\" }\n",
+                             eport, eport)
+            : loyd_xasprintf("connector = \"bitrix24\"\npack = \"retail\"\n"
+                             "timezone = \"Europe/Moscow\"\n"
+                             "crm = { webhook_url = \"http://127.0.0.1:%d/rest/1/" CODE "/\","
+                             " application_token = \"" TOKEN "\", member_id = \"" MEMBER
+                             "\" }\n",
+                             eport);
     loyd_e2e_write(dir, "tenants.d/shop.conf", tenant);
     free(tenant);
     if (fault != NULL)
         json_decref(shop("loyd.emu.fault", fault, 200));
     start_daemon("127.0.0.1:0", worker);
-    static const char *const events[] = {"ONCRMCONTACTADD", "ONCRMCONTACTUPDATE",
-                                         "ONCRMCONTACTDELETE", "ONCRMDEALADD", "ONCRMDEALUPDATE",
+    static const char *const events[] = {"ONAPPINSTALL",       "ONCRMCONTACTADD",
+                                         "ONCRMCONTACTUPDATE", "ONCRMCONTACTDELETE",
+                                         "ONCRMDEALADD",       "ONCRMDEALUPDATE",
                                          "ONCRMDEALDELETE"};
     char handler[96];
     snprintf(handler, sizeof(handler), "http://127.0.0.1:%d/hooks/shop", dport);
@@ -407,6 +425,34 @@ START_TEST(test_sigkill_under_load)
 }
 END_TEST
 
+/*
+ * The OAuth app way: the tenant has only the app's credentials.  Webhooks wait until the portal
+ * installs the app; its ONAPPINSTALL brings the application token and the first token pair;
+ * when the access token expires, loyd refreshes it once and goes on.
+ */
+START_TEST(test_oauth_app_install_and_refresh)
+{
+    oauth_app = true;
+    start("", "{\"drain\": 2, \"burst\": 50}", NULL);
+    char *anna = new_customer("Anna");
+    sleep(1);
+    ck_assert_int_eq(card("contact", anna, "UF_CRM_LOYD_BALANCE"), -1); /* not installed yet */
+    json_decref(shop("loyd.emu.install", json_object(), 200));
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 500, 30000);
+    char *deal = won_deal(anna, "1000.00");
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 3500, 30000);
+    /* Every access token the portal issued dies now: loyd's next call gets 401. */
+    json_decref(shop("loyd.emu.fault", json_pack("{s:s}", "mode", "expire_tokens"), 200));
+    deal_update(deal, json_pack("{s:s}", "STAGE_ID", "LOSE"));
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 500, 30000);
+    settle(20000);
+    ck_assert_int_eq(metric("loyd_writebacks_total{outcome=\"dead\"}"), 0);
+    ck_assert_int_eq(metric("loyd_inbox_dead_total"), 0);
+    free(anna);
+    free(deal);
+}
+END_TEST
+
 Suite *e2e_b24_suite(void)
 {
     Suite *s = suite_create("e2e_b24");
@@ -416,6 +462,7 @@ Suite *e2e_b24_suite(void)
     tcase_add_test(tc, test_won_deal_awards_once_and_reopen_reverses);
     tcase_add_test(tc, test_503_burst_then_every_write_lands);
     tcase_add_test(tc, test_sigkill_under_load);
+    tcase_add_test(tc, test_oauth_app_install_and_refresh);
     suite_add_tcase(s, tc);
     return s;
 }
