@@ -208,7 +208,12 @@ static const char *const wsql[W_COUNT] = {
                        "notices) VALUES (?1, ?2, ?3, ?4, ?5, ?6) "
                        "ON CONFLICT (tenant, idem_key) DO NOTHING RETURNING id",
     [W_INBOX_FIND] = "SELECT id FROM inbox WHERE tenant = ?1 AND idem_key = ?2",
+    /* A finished row frees its key: a webhook that only names a record ("deal 7 changed") and
+     * arrives again after it was read says the record may have changed since, so it is news
+     * again.  Redeliveries while the row waits are still merged. */
     [W_INBOX_FINISH] = "UPDATE inbox SET status = CASE WHEN ?2 = 'retry' THEN status ELSE ?2 END, "
+                       "idem_key = CASE WHEN ?2 = 'retry' THEN idem_key "
+                       "ELSE idem_key || ':' || id END, "
                        "attempts = attempts + 1, error = ?3, "
                        "finished_ms = CASE WHEN ?2 = 'retry' THEN NULL ELSE ?4 END "
                        "WHERE id = ?1 AND status = 'new' RETURNING id",

@@ -371,6 +371,20 @@ static struct b24_oauth_stats ostats(void)
     return s;
 }
 
+/* Runs the loop until the tenant's kv @p key holds a value containing @p needle (committed). */
+static void wait_kv(const char *key, const char *needle)
+{
+    for (;;) {
+        char *v = NULL;
+        bool stored = loyd_store_kv_get(store, "acme", key, &v) == 0 && v != NULL &&
+                      strstr(v, needle) != NULL;
+        free(v);
+        if (stored)
+            return;
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+}
+
 /* ---- tests ---------------------------------------------------------------------------- */
 
 START_TEST(test_money_parser)
@@ -580,15 +594,7 @@ START_TEST(test_write_ops_and_provision_once)
     json_decref(s);
 
     /* restart: kv remembers the fields once committed */
-    for (int i = 0; i < 200; i++) {
-        char *v = NULL;
-        bool stored = loyd_store_kv_get(store, "acme", "uf:known", &v) == 0 && v != NULL &&
-                      strstr(v, "deal:UF_CRM_LOYD_AWARDED") != NULL;
-        free(v);
-        if (stored)
-            break;
-        uv_run(&loop, UV_RUN_NOWAIT);
-    }
+    wait_kv("uf:known", "deal:UF_CRM_LOYD_AWARDED");
     close_tenant();
     open_tenant(NULL);
     ck_assert_int_eq(write1(CONTACT_FIELDS(1, 1300)), 0);
@@ -856,14 +862,7 @@ START_TEST(test_moved_portal_followed_with_post)
     /* Later calls go there directly, also after a restart. */
     ck_assert_int_eq(write1(CONTACT_FIELDS(1, 78)), 0);
     ck_assert_int_eq(emu_counter("redirects"), 1);
-    for (int i = 0; i < 200; i++) {
-        char *v = NULL;
-        bool stored = loyd_store_kv_get(store, "acme", "portal:moved", &v) == 0 && v != NULL;
-        free(v);
-        if (stored)
-            break;
-        uv_run(&loop, UV_RUN_NOWAIT);
-    }
+    wait_kv("portal:moved", "");
     close_tenant();
     open_tenant(NULL);
     ck_assert_int_eq(write1(CONTACT_FIELDS(1, 79)), 0);
