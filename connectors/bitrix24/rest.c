@@ -230,6 +230,14 @@ void b24_rest_close(struct b24_rest *r)
         finish(c, -ECANCELED, NULL, NULL);
     }
     r->tail = NULL;
+    /* The tokens go now, with the tenant's host context: a refresh in flight is orphaned (its
+     * answer is dropped) and our wait for it with them. */
+    b24_oauth_close(r->oauth);
+    r->oauth = NULL;
+    if (r->awaiting_token) {
+        r->awaiting_token = false;
+        r->refs--;
+    }
     unref(r);
 }
 

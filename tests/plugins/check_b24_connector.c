@@ -844,6 +844,32 @@ START_TEST(test_oauth_invalid_grant)
 }
 END_TEST
 
+/* A tenant closed (reload, shutdown) while its refresh is in flight: the answer is dropped. */
+START_TEST(test_close_during_refresh)
+{
+    crm_id("crm.contact.add", "{\"fields\":{\"NAME\":\"X\"}}");
+    oauth_tenant("rt1");
+    emu_fault("{\"mode\":\"expire_tokens\"}");
+    struct eres r = {0};
+    json_t *n = json_pack("{s:s,s:s,s:s}", "entity", "contact", "id", "1", "action", "update");
+    ck_assert_int_eq(loyd_plugin_bitrix24.connector->enrich(tenant, n, on_enrich, &r), 0);
+    json_decref(n);
+    while (ostats().refreshes == 0)
+        uv_run(&loop, UV_RUN_ONCE);
+    close_tenant();
+    ck_assert(r.done);
+    ck_assert_int_eq(r.err, -ECANCELED);
+    /* The refresh's answer arrives after the close and is dropped; nothing was stored. */
+    long long before = emu_counter("requests");
+    for (int i = 0; i < 50; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    char *pair = NULL;
+    ck_assert_int_eq(loyd_store_kv_get(store, "acme", "oauth", &pair), 0);
+    ck_assert_ptr_null(pair);
+    ck_assert_int_eq(emu_counter("requests"), before);
+}
+END_TEST
+
 START_TEST(test_moved_portal_followed_with_post)
 {
     crm_id("crm.contact.add", "{\"fields\":{\"NAME\":\"X\"}}");
@@ -1057,6 +1083,7 @@ Suite *b24_connector_suite(void)
     tcase_add_test(tc, test_429_operating_limit);
     tcase_add_test(tc, test_oauth_expired_one_refresh);
     tcase_add_test(tc, test_oauth_invalid_grant);
+    tcase_add_test(tc, test_close_during_refresh);
     tcase_add_test(tc, test_moved_portal_followed_with_post);
     tcase_add_test(tc, test_uncertain_add_not_duplicated);
     tcase_add_test(tc, test_add_not_blindly_retried);
