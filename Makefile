@@ -46,7 +46,7 @@ EXT_OBJ := $(call obj,$(EXT_SRC))
 TEST_OBJ := $(call obj,$(TEST_SRC))
 PLUGIN_SO := $(BUILD)/plugins/example.so $(BUILD)/plugins/example_bad_abi.so
 
-.PHONY: all check asan install clean deps format format-check demo
+.PHONY: all check asan install clean deps format format-check demo bench
 all: $(BUILD)/loyd $(PLUGIN_SO)
 
 $(BUILD)/loyd: $(call obj,core/main.c) $(CORE_OBJ) $(EXT_OBJ)
@@ -103,6 +103,20 @@ $(BUILD)/tests/loyd_tests: $(TEST_OBJ) $(CORE_OBJ) $(EXT_OBJ)
 	@mkdir -p $(@D)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(SANFLAGS) -rdynamic -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+
+# Benchmarks (not part of check): results go to docs/BENCHMARKS.md.  bench/run.sh says what
+# each phase does; BENCH_QUICK=1 runs shorter phases.
+$(BUILD)/bench/ceiling: bench/ceiling.c
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(LDLIBS)
+
+$(BUILD)/bench/rules_bench: $(call obj,bench/rules_bench.c) $(CORE_OBJ) $(EXT_OBJ)
+	@mkdir -p $(@D)
+	$(Q)$(CC) -rdynamic -o $@ $^ $(LDLIBS)
+
+bench: $(BUILD)/loyd $(BUILD)/bench/ceiling $(BUILD)/bench/rules_bench
+	packaging/deps.sh --bench
+	BUILD=$(BUILD) bench/run.sh
 
 # The guided tour: emulated Bitrix24 + daemon + retail pack (core/demo.c).
 demo: $(BUILD)/loyd

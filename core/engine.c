@@ -290,6 +290,7 @@ int loyd_engine_process_state(struct loyd_engine *e, struct loyd_store *s, const
         .ledger = rows,
         .purchases = json_is_array(purchases) ? purchases : NULL,
         .settings = e->settings,
+        .settings_stable = true, /* e->settings lives and dies with e->rules */
         .campaign_totals = campaigns,
         .tz_offset_min = e->tz_offset_min,
         .seed = seed_of(key),

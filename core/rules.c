@@ -940,6 +940,15 @@ static const char *type_name(const json_t *v)
     }
 }
 
+/* The handlers' shared arguments end with the evaluation; stable settings stay built. */
+static void forget_args(struct loyd_rules *r, json_t *const args[3], bool keep_settings)
+{
+    loyd_sandbox_forget_shared(r->sb, args[0]);
+    loyd_sandbox_forget_shared(r->sb, args[1]);
+    if (!keep_settings)
+        loyd_sandbox_forget_shared(r->sb, args[2]);
+}
+
 int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, json_t **result)
 {
     struct eval ev = {.r = r, .in = in};
@@ -1010,6 +1019,9 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
             .now_ms = (uint64_t)ev.at,
             .tz_offset_min = in->tz_offset_min,
             .seed = in->seed ^ (uint64_t)i,
+            /* The event, the view and the settings stay as they are until every handler
+             * has run: their Lua tables are built once for all of them (most of the cost). */
+            .shared_args = 7u,
         };
         json_t *res = NULL, *log = NULL;
         struct loyd_buf cerr = {0};
@@ -1037,6 +1049,7 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
             rc = crc;
             loyd_log_info(LUA, "pack %s: %s failed for %s: %s", pack->name, f->path, type,
                           loyd_strerror(rc));
+            forget_args(r, args, in->settings_stable && in->settings != NULL);
             goto fail;
         }
         loyd_buf_free(&cerr);
@@ -1049,6 +1062,7 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
         }
         json_decref(res);
     }
+    forget_args(r, args, in->settings_stable && in->settings != NULL);
 
     size_t k;
     json_t *p;

@@ -66,6 +66,8 @@ struct loyd_rules_input {
     int tz_offset_min;             /* the tenant's offset from UTC, for dates and calendar caps */
     uint64_t seed;                 /* math.random seed for this evaluation */
     bool dry_run;                  /* only marks the result: evaluation never writes */
+    bool settings_stable;          /* settings live, unchanged, as long as these rules: their
+                                      Lua table is built once and kept */
 };
 
 /**

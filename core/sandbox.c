@@ -31,6 +31,7 @@
 
 static char modules_key;
 static char env_key;
+static char shared_key; /* registry: json_t pointer -> its read-only Lua value */
 
 enum kill_reason { KILL_NONE, KILL_INSTRUCTIONS, KILL_WALL };
 
@@ -792,6 +793,21 @@ fail:
     return rc;
 }
 
+void loyd_sandbox_forget_shared(struct loyd_sandbox *sb, const json_t *v)
+{
+    lua_State *L = sb->L;
+    if (v == NULL) {
+        lua_pushnil(L);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &shared_key);
+        return;
+    }
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &shared_key) == LUA_TTABLE) {
+        lua_pushnil(L);
+        lua_rawsetp(L, -2, v);
+    }
+    lua_pop(L, 1);
+}
+
 void loyd_sandbox_destroy(struct loyd_sandbox *sb)
 {
     if (sb == NULL)
@@ -1099,8 +1115,28 @@ static int l_call(lua_State *L)
     luaL_checkstack(L, (int)c->nargs + 8, "handler arguments");
     for (size_t i = 0; i < c->nargs; i++) {
         char root[32];
+        bool shared = (c->shared_args >> i) & 1u;
+        if (shared) {
+            /* Built by an earlier call on the same value: read-only, so it can be shared. */
+            if (lua_rawgetp(L, LUA_REGISTRYINDEX, &shared_key) != LUA_TTABLE) {
+                lua_pop(L, 1);
+                lua_createtable(L, 0, 4);
+                lua_pushvalue(L, -1);
+                lua_rawsetp(L, LUA_REGISTRYINDEX, &shared_key);
+            }
+            if (lua_rawgetp(L, -1, c->args[i]) != LUA_TNIL) {
+                lua_remove(L, -2);
+                continue;
+            }
+            lua_pop(L, 1);
+        }
         snprintf(root, sizeof(root), "arg%zu", i + 1);
         loyd_luajson_push(L, c->args[i], c->arg_flags | LOYD_LUAJSON_READONLY, root);
+        if (shared) {
+            lua_pushvalue(L, -1);
+            lua_rawsetp(L, -3, c->args[i]);
+            lua_remove(L, -2);
+        }
     }
     a->phase = PHASE_RUN;
     lua_call(L, (int)c->nargs, 1);

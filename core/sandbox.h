@@ -122,7 +122,16 @@ struct loyd_sandbox_call {
     uint64_t seed;         /* math.random sequence for this call */
     unsigned arg_flags;    /* LOYD_LUAJSON_* for the arguments (READONLY is always added) */
     unsigned result_flags; /* LOYD_LUAJSON_* for the result, e.g. LOYD_LUAJSON_INTEGERS_ONLY */
+    unsigned shared_args;  /* bit i: args[i] stays alive and unchanged until the next
+                              loyd_sandbox_forget_shared, so its Lua table is built once and
+                              reused by every call meanwhile */
 };
+
+/**
+ * Drops the Lua table built for the shared argument @p v (loyd_sandbox_call.shared_args), or
+ * for all of them when @p v is NULL.  Call it before such a JSON value is changed or freed.
+ */
+void loyd_sandbox_forget_shared(struct loyd_sandbox *sb, const json_t *v);
 
 /**
  * Calls module[handler](args...) under a fresh budget.  Each call resets the budget, clock,

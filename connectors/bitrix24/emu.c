@@ -1073,9 +1073,9 @@ out:
 
 static json_t *counters(const struct b24emu *e)
 {
-    return json_pack("{s:O,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "calls", e->calls, "requests",
+    return json_pack("{s:O,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "calls", e->calls, "requests",
                      (json_int_t)e->requests, "updates", (json_int_t)e->updates, "redirects",
-                     (json_int_t)e->redirects,
+                     (json_int_t)e->redirects, "refused", (json_int_t)e->refused,
                      "events_queued", (json_int_t)e->ev_queued, "events_dropped",
                      (json_int_t)e->ev_dropped, "events_delivered", (json_int_t)e->ev_delivered,
                      "events_failed", (json_int_t)e->ev_failed, "events_pending",
@@ -1154,6 +1154,53 @@ static void emu_install(struct b24_call *c)
     b24_ok(c, auth);
 }
 
+/*
+ * loyd.emu.seed: @p contacts contacts, each with @p deals won deals of @p amount, made by the
+ * same code as crm.*.add (so they read back exactly like added ones) but in one call and
+ * outside the rate limits: benchmarks need portals of 100,000 deals.
+ */
+static void emu_seed(struct b24_call *c, const json_t *p)
+{
+    long long contacts = 0, deals = 0;
+    const char *amount = json_string_value(json_object_get(p, "amount"));
+    if (!b24_int(json_object_get(p, "contacts"), &contacts) || contacts < 0 ||
+        contacts > 1000000 ||
+        (json_object_get(p, "deals") != NULL &&
+         (!b24_int(json_object_get(p, "deals"), &deals) || deals < 0 || deals > 100))) {
+        b24_fail(c, 400, "INVALID_ARG_VALUE", "seed needs contacts (0..1000000), deals (0..100)");
+        return;
+    }
+    long long first = -1, last = -1;
+    for (long long i = 0; i < contacts; i++) {
+        struct b24_call sub;
+        call_init(&sub, c->e, c->now_ms);
+        json_t *cp = json_pack("{s:{s:s, s:s}}", "fields", "NAME", "Seeded", "BIRTHDATE",
+                               "1990-05-17");
+        b24_m_contact_add(&sub, cp);
+        json_decref(cp);
+        long long id = json_integer_value(sub.result);
+        json_decref(sub.result);
+        if (sub.status != 200) {
+            b24_fail(c, 500, "INTERNAL_SERVER_ERROR", "seeding failed");
+            return;
+        }
+        first = first < 0 ? id : first;
+        last = id;
+        for (long long d = 0; d < deals; d++) {
+            call_init(&sub, c->e, c->now_ms);
+            json_t *dp = json_pack("{s:{s:s, s:s, s:s, s:s, s:I}}", "fields", "TITLE", "Order",
+                                   "OPPORTUNITY", amount != NULL ? amount : "1000.00",
+                                   "CURRENCY_ID", "RUB", "STAGE_ID", "WON", "CONTACT_ID",
+                                   (json_int_t)id);
+            b24_m_deal_add(&sub, dp);
+            json_decref(dp);
+            json_decref(sub.result);
+        }
+    }
+    b24_ok(c, json_pack("{s:I, s:I}", "first_contact", (json_int_t)first, "last_contact",
+                        (json_int_t)last));
+}
+
 static void emu_control(struct b24_call *c, const char *name, const json_t *p)
 {
     struct b24emu *e = c->e;
@@ -1164,6 +1211,8 @@ static void emu_control(struct b24_call *c, const char *name, const json_t *p)
         b24_ok(c, counters(e));
     } else if (strcmp(name, "install") == 0) {
         emu_install(c);
+    } else if (strcmp(name, "seed") == 0) {
+        emu_seed(c, p);
     } else if (strcmp(name, "reset_limits") == 0) {
         e->bucket_milli = 0;
         for (size_t i = 0; i < e->n_ops; i++)
@@ -1329,6 +1378,7 @@ int b24emu_call(struct b24emu *e, const char *method, const json_t *params, uint
     bool burst = now_ms < e->fault_503_until &&
                  (e->fault_503_auth[0] == '\0' || strcmp(e->fault_503_auth, c.auth_kind) == 0);
     if (burst || !bucket_admit(e, now_ms)) {
+        e->refused++;
         b24_fail(&c, 503, "QUERY_LIMIT_EXCEEDED", "Too many requests");
         goto answer;
     }

@@ -22,8 +22,11 @@
  *                                  does at install (also through the inbound webhook here);
  *   "loyd.emu.*"                   emulator control, no auth, never rate limited, not counted:
  *     loyd.emu.state    everything as JSON (data, tokens' state, faults, counters, clock)
- *     loyd.emu.calls    {calls:{method:n}, requests, updates, redirects, events_queued,
- *                        events_dropped, events_delivered, events_failed, events_pending}
+ *     loyd.emu.calls    {calls:{method:n}, requests, updates, redirects, refused (503s),
+ *                        events_queued, events_dropped, events_delivered, events_failed,
+ *                        events_pending}
+ *     loyd.emu.seed     {contacts:N, deals:K, amount:"1000.00"}: N contacts with K won deals
+ *                       each, outside the limits and without events (benchmarks)
  *     loyd.emu.fault    {mode:"503_burst", seconds:N, only?:"webhook"|"oauth"} | {mode:"slow", ms:N} |
  *                       {mode:"drop_events", ratio:0..1} | {mode:"expire_tokens"} |
  *                       {mode:"moved", to:"http://host:port/new"}: the portal changed its

@@ -73,6 +73,7 @@ struct b24emu {
     /* counters */
     json_t *calls;
     uint64_t requests, updates, ev_queued, ev_dropped, ev_delivered, ev_failed, redirects;
+    uint64_t refused; /* requests answered 503 QUERY_LIMIT_EXCEEDED */
 };
 
 /* One method call in progress. */

@@ -1056,6 +1056,39 @@ START_TEST(test_create_limits)
 }
 END_TEST
 
+/* A shared argument is built once for every call until it is forgotten; others every time. */
+START_TEST(test_shared_args)
+{
+    struct loyd_buf err = {0};
+    ck_assert_int_eq(load_src(sb, "rules/share.lua",
+                              "local last\n"
+                              "return { same = function(a, b)\n"
+                              "  local r = { shared = last ~= nil and a == last, value = a.x }\n"
+                              "  last = a\n"
+                              "  return r\n"
+                              "end }\n",
+                              &err),
+                     0);
+    json_t *v = json_pack("{s:i}", "x", 7), *res = NULL;
+    json_t *argv[1] = {v};
+    struct loyd_sandbox_call c = {.module = "rules/share.lua", .handler = "same", .args = argv,
+                                  .nargs = 1, .now_ms = NOW_MS, .shared_args = 1u};
+    bool want[] = {false, true, true, false, false};
+    for (int i = 0; i < 5; i++) {
+        if (i == 3)
+            loyd_sandbox_forget_shared(sb, v); /* the next call builds it again */
+        if (i == 4)
+            c.shared_args = 0;
+        ck_assert_int_eq(loyd_sandbox_call(sb, &c, &res, NULL, &err), 0);
+        ck_assert_msg(json_is_true(json_object_get(res, "shared")) == want[i], "call %d", i);
+        ck_assert_int_eq(json_integer_value(json_object_get(res, "value")), 7);
+        json_decref(res);
+    }
+    json_decref(v);
+    loyd_buf_free(&err);
+}
+END_TEST
+
 Suite *sandbox_suite(void)
 {
     Suite *s = suite_create("sandbox");
@@ -1065,6 +1098,7 @@ Suite *sandbox_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 20);
     tcase_add_test(tc, test_removed_io);
+    tcase_add_test(tc, test_shared_args);
     tcase_add_test(tc, test_removed_os);
     tcase_add_test(tc, test_removed_package);
     tcase_add_test(tc, test_removed_require);
