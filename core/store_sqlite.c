@@ -7,7 +7,13 @@
  *  - the WRITER connection, used only by the writer job.  Writes are copied into `struct op`,
  *    queued on the loop thread, and run by at most one uv_queue_work job at a time: the job
  *    takes everything queued so far (up to a cap) and runs it in ONE transaction
- *    (BEGIN IMMEDIATE ... COMMIT with PRAGMA synchronous=FULL, so COMMIT returns after fsync).
+ *    (BEGIN IMMEDIATE ... COMMIT).  A batch holding anything that is acknowledged or acted on
+ *    outside the process (a webhook's 200, a token, an outbox item about to be sent) commits
+ *    with synchronous=FULL, so COMMIT returns after fsync; a batch of only applies and finish
+ *    marks commits with synchronous=NORMAL (no fsync: safe against a crash of the process, and
+ *    on power loss only a tail of them is lost, whose webhooks are still stored and are applied
+ *    again).  WAL commits are ordered, so the next FULL commit makes every earlier one durable
+ *    too: before an outbox item leaves for the CRM, the apply that made it is on disk.
  *    Each op runs inside its own SAVEPOINT, so one op refused by a constraint does not take the
  *    others down.  While a commit is in progress new writes pile up in the queue and become the
  *    next single transaction: the fsync cost is shared by everything that arrived meanwhile.
@@ -347,6 +353,7 @@ struct sq_store {
     enum sq_job job;
     struct op *batch;
     bool batch_committed;
+    bool synced_full; /* the writer connection's synchronous level is FULL */
 };
 
 #define SQ(p) ((struct sq_store *)(p))
@@ -681,6 +688,7 @@ int loyd__store_sqlite_open_schema(uv_loop_t *loop, const char *path, const char
 
     if ((err = conn_open(path, WRITER_BUSY_MS, &s->wdb)) != 0)
         goto fail;
+    s->synced_full = true;
     if ((err = writer_setup(s->wdb, path)) != 0)
         goto fail;
     if ((err = migrate(s->wdb, path, schema_sql)) != 0)
@@ -689,7 +697,8 @@ int loyd__store_sqlite_open_schema(uv_loop_t *loop, const char *path, const char
         goto fail;
     if ((err = exec_sql(s->rdb, "PRAGMA query_only = ON")) != 0)
         goto fail;
-    loyd_log_info(DB, "store %s open (WAL, synchronous=FULL, grouped commits)", path);
+    loyd_log_info(DB, "store %s open (WAL, grouped commits, fsync'd before anything leaves)",
+                  path);
     *out = &s->base;
     return 0;
 fail:
@@ -1013,9 +1022,24 @@ static int w_op(struct sq_store *s, struct op *op)
  * the database (constraint, bad lot) is undone alone.  If SQLite itself rolled the transaction
  * back (I/O error, disk full) or COMMIT fails, nothing of the batch is stored.
  */
+/* Whether the effect of @p op is seen outside the process once its callback runs. */
+static bool needs_fsync(const struct op *op)
+{
+    return op->kind != OP_APPLY && op->kind != OP_INBOX_FINISH && op->kind != OP_OUTBOX_FINISH;
+}
+
 static void batch_run(struct sq_store *s)
 {
+    bool full = false;
+    for (struct op *op = s->batch; op != NULL && !full; op = op->next)
+        full = needs_fsync(op);
     s->batch_committed = false;
+    if (full != s->synced_full) {
+        if (exec_sql(s->wdb, full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL") !=
+            0)
+            return; /* nothing of the batch is stored: its callbacks get LOYD_EDB */
+        s->synced_full = full;
+    }
     if (wrun(s, W_BEGIN) != 0)
         return;
     for (struct op *op = s->batch; op != NULL; op = op->next) {
