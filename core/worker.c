@@ -81,6 +81,7 @@ struct loyd_worker {
     bool writing;
     size_t finishing; /* outbox finishes not committed yet */
     uint64_t write_retry_at, write_wait_ms;
+    uint64_t write_linger_until; /* a short call waits this long for more items (0: none) */
     json_t *w_rows, *w_items; /* the rows being written, the connector items */
     int64_t *w_ids;
     size_t w_n;
@@ -1215,6 +1216,24 @@ static void wpump(struct loyd_worker *w)
         json_decref(rows);
         return;
     }
+    /*
+     * A call that is not full waits up to one request interval of the CRM's limit for more
+     * items: under a backlog the calls fill up (the limit counts calls, not updates), and an
+     * idle tenant's single update is late by that interval (and a poll tick) at most.
+     */
+    uint64_t now = now_ms(w);
+    if (json_array_size(rows) < rp.max_batch && rp.per_sec_milli > 0) {
+        if (w->write_linger_until == 0) {
+            uint64_t interval = 1000000 / rp.per_sec_milli;
+            /* Checked again on the next kick or poll tick (worker.poll_ms). */
+            w->write_linger_until = now + (interval > 1000 ? 1000 : interval);
+        }
+        if (now < w->write_linger_until) {
+            json_decref(rows);
+            return;
+        }
+    }
+    w->write_linger_until = 0;
     w->writing = true;
     w->w_rows = json_array();
     w->w_items = json_array();
