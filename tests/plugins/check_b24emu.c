@@ -524,8 +524,34 @@ START_TEST(test_leaky_bucket)
     for (int i = 0; i < 50; i++)
         json_decref(call(HOOK "crm.contact.list", 200, "{}"));
     json_decref(call(HOOK "crm.contact.list", 503, "{}"));
-    /* Control methods are never limited. */
-    json_decref(call("loyd.emu.calls", 200, NULL));
+    /* Control methods are never limited; the five refusals were counted. */
+    r = call("loyd.emu.calls", 200, NULL);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(r, "result"), "refused")),
+                     5);
+    json_decref(r);
+}
+END_TEST
+
+/* loyd.emu.seed: contacts with won deals, read back like added ones, outside the limits. */
+START_TEST(test_seed)
+{
+    teardown();
+    make("{\"webhook_code\":\"secretcode\"}");
+    json_t *r = call("loyd.emu.seed", 200, "{s:i, s:i, s:s}", "contacts", 60, "deals", 2,
+                     "amount", "1500.50");
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(r, "result"),
+                                                        "last_contact")),
+                     60);
+    json_decref(r);
+    r = call(HOOK "crm.deal.get", 200, "{s:i}", "id", 120);
+    ck_assert_str_eq(rstr(r, "CONTACT_ID"), "60");
+    ck_assert_str_eq(rstr(r, "STAGE_SEMANTIC_ID"), "S");
+    ck_assert_str_eq(rstr(r, "OPPORTUNITY"), "1500.50");
+    json_decref(r);
+    /* 180 records made and the limit untouched: with the deal read above, 50 calls fit. */
+    for (int i = 0; i < 49; i++)
+        json_decref(call(HOOK "crm.contact.get", 200, "{s:i}", "id", i + 1));
+    json_decref(call("loyd.emu.seed", 400, "{s:i}", "contacts", -1));
 }
 END_TEST
 
@@ -857,6 +883,7 @@ Suite *b24emu_suite(void)
     tcase_add_test(tc, test_event_bind);
     tcase_add_test(tc, test_state_reflects_writes);
     tcase_add_test(tc, test_bad_options);
+    tcase_add_test(tc, test_seed);
     suite_add_tcase(s, tc);
     return s;
 }
