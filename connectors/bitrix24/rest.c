@@ -57,6 +57,7 @@ struct flight {
 
 static void schedule(struct b24_rest *r, uint64_t delay_ms);
 static void finish(struct cmd *c, int err, const json_t *result, const json_t *error);
+static void fail_queued(struct b24_rest *r, int err);
 
 /* ---- form encoding ------------------------------------------------------------------------- */
 
@@ -223,13 +224,7 @@ void b24_rest_close(struct b24_rest *r)
         r->host->timer_cancel(r->hctx, r->timer);
     r->timer = 0;
     /* Queued commands end now, so their callers can free what they hold. */
-    while (r->head != NULL) {
-        struct cmd *c = r->head;
-        r->head = c->next;
-        r->queued--;
-        finish(c, -ECANCELED, NULL, NULL);
-    }
-    r->tail = NULL;
+    fail_queued(r, -ECANCELED);
     /* The tokens go now, with the tenant's host context: a refresh in flight is orphaned (its
      * answer is dropped) and our wait for it with them. */
     b24_oauth_close(r->oauth);
@@ -328,7 +323,7 @@ static void schedule(struct b24_rest *r, uint64_t delay_ms)
 
 static void on_response(void *arg, int err, const struct loyd_http_response *res);
 
-/* Ends every queued command with @p err (the token is gone: nothing can be sent). */
+/* Ends every queued command with @p err (closing, or the token is gone). */
 static void fail_queued(struct b24_rest *r, int err)
 {
     while (r->head != NULL) {
