@@ -7,5 +7,7 @@
 
 int64_t loyd_days_from_civil(int64_t y, unsigned m, unsigned d);
 void loyd_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d);
+/** "2026-12-04 21:05:09" for @p ms since the epoch at @p tz_offset_min from UTC. */
+void loyd_time_format(int64_t ms, int tz_offset_min, char out[40]);
 
 #endif

@@ -154,8 +154,14 @@ static int tenant_open_take(struct loyd_daemon *d, const struct loyd_config *cfg
         (rc = loyd_config_validate_fields(tc->path, "crm", t->ops->tenant_config, tc->crm, err)) != 0)
         goto fail;
     t->hctx = loyd_host_ctx_create(&d->host, tc->connector, tc->name);
-    if (t->ops->tenant_open != NULL &&
-        (rc = t->ops->tenant_open(t->plugin->state, t->hctx, tc->crm, &t->state)) != 0) {
+    t->hctx->origin_file = tc->path;
+    t->hctx->origin_lines = tc->lines;
+    rc = t->ops->tenant_open != NULL
+             ? t->ops->tenant_open(t->plugin->state, t->hctx, tc->crm, &t->state)
+             : 0;
+    t->hctx->origin_file = NULL;
+    t->hctx->origin_lines = NULL;
+    if (rc != 0) {
         loyd_buf_printf(err, "%s: connector %s refused the tenant's crm settings: %s\n", tc->path,
                         tc->connector, loyd_strerror(rc));
         t->state = NULL;
@@ -453,12 +459,16 @@ static void on_metrics(struct loyd_daemon *d, struct loyd_http_exchange *ex)
     s.events_applied = ws.events_applied;
     s.events_duplicate = ws.events_duplicate;
     s.rule_errors = ws.events_failed;
+    s.events_refused = ws.events_refused;
+    s.events_skipped = ws.events_skipped;
     s.rows_dead = ws.rows_dead;
     s.writebacks_done = ws.writes_done;
     s.writebacks_retried = ws.writes_retried;
     s.writebacks_dead = ws.writes_dead;
     s.writebacks_skipped = ws.writes_skipped;
     s.write_calls = ws.write_calls;
+    s.fields_repaired = ws.fields_repaired;
+    s.catchups = ws.catchups;
     s.http_open_connections = hs.open_connections;
     s.http_rejected_busy = hs.rejected_busy;
     s.http_timeouts = hs.timeouts;
@@ -765,14 +775,32 @@ static void drain_poll(uv_timer_t *t)
     /* Webhooks still waiting for their inbox commit are answered before anything closes. */
     if (d->httpd != NULL && loyd_httpd_pending(d->httpd) > 0)
         return;
-    uv_timer_stop(t);
-    loyd_log_info(CORE, "drained; closing");
-    /* Workers start nothing new; closing the client cancels their CRM calls in flight. */
+    /* Workers start nothing new. */
+    if (!d->workers_closed) {
+        d->workers_closed = true;
+        for (size_t i = 0; i < d->n_tenants; i++)
+            if (d->tenants[i]->worker != NULL)
+                loyd_worker_close(d->tenants[i]->worker, NULL, NULL);
+        for (size_t i = 0; i < d->n_retiring; i++)
+            loyd_worker_close(d->retiring[i]->worker, NULL, NULL);
+        d->writes_drain_until = loyd_mono_ms() + d->cfg->shutdown_timeout_ms / 2;
+    }
+    /* A write-back in flight may already be applied on the CRM: wait for its answer and for
+     * its "done" to be stored, or the next start would send it again.  Reads need no wait. */
+    size_t writing = 0;
     for (size_t i = 0; i < d->n_tenants; i++)
-        if (d->tenants[i]->worker != NULL)
-            loyd_worker_close(d->tenants[i]->worker, NULL, NULL);
+        writing += d->tenants[i]->worker != NULL && loyd_worker_writing(d->tenants[i]->worker);
     for (size_t i = 0; i < d->n_retiring; i++)
-        loyd_worker_close(d->retiring[i]->worker, NULL, NULL);
+        writing += loyd_worker_writing(d->retiring[i]->worker);
+    if (writing > 0 && loyd_mono_ms() < d->writes_drain_until)
+        return;
+    uv_timer_stop(t);
+    if (writing > 0)
+        loyd_log_warn(CORE, "%zu tenant(s) still writing to the CRM after %" PRIu64 " ms; those "
+                      "write-backs are checked before they are sent again at the next start",
+                      writing, d->cfg->shutdown_timeout_ms / 2);
+    loyd_log_info(CORE, "drained; closing");
+    /* Closing the client cancels the CRM calls still in flight. */
     if (d->client != NULL)
         loyd_http_client_close(d->client, client_closed, d);
     else

@@ -54,6 +54,8 @@ struct loyd_daemon {
     struct loyd_metrics metrics;
     int port;                          /* bound HTTP port */
     bool draining, stopped;
+    bool workers_closed;               /* drain: workers start nothing new */
+    uint64_t writes_drain_until;       /* drain: in-flight write-backs may finish until then */
     int exit_code;
     unsigned closing;                  /* handles still closing at shutdown */
 };

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "engine.h"
 #include "http_client.h"
 #include "log.h"
 #include "ledger.h"
@@ -72,7 +73,19 @@ struct demo {
     uint64_t last_requests, last_updates;
     uint64_t own_requests, own_updates; /* the story's own calls, not loyd's */
     unsigned step_events;               /* events applied since the last report */
+    struct loyd_points_unit unit;       /* the pack's: points as people count them */
+    json_t *labels;                     /* UF_CRM_LOYD_* -> its English label on the portal */
 };
+
+/* @p v ledger units as people read them ("455 points"); four calls may share one say(). */
+static const char *pts(struct demo *dm, long long v)
+{
+    static char bufs[4][64];
+    static unsigned next;
+    char *b = bufs[next++ % 4];
+    loyd_points_format((int64_t)v, &dm->unit, LOYD_POINTS_GROUP | LOYD_POINTS_UNIT, b, 64);
+    return b;
+}
 
 static void say(const char *fmt, ...) LOYD_PRINTF(1, 2);
 static void say(const char *fmt, ...)
@@ -104,20 +117,20 @@ static long long jint(const json_t *o, const char *k)
 }
 
 /* One accepted effect, in words. */
-static void say_effect(const json_t *e)
+static void say_effect(struct demo *dm, const json_t *e)
 {
     const char *kind = jstr(e, "kind");
     if (kind == NULL)
         return;
     if (strcmp(kind, "award") == 0)
-        say("      + %lld points: %s%s%s%s\n", jint(e, "points"),
+        say("      + %s: %s%s%s%s\n", pts(dm, jint(e, "points")),
             jstr(e, "reason") ? jstr(e, "reason") : "award",
             jstr(e, "expires_on") ? " (valid through " : "",
             jstr(e, "expires_on") ? jstr(e, "expires_on") : "", jstr(e, "expires_on") ? ")" : "");
     else if (strcmp(kind, "redeem") == 0)
-        say("      - %lld points redeemed: %s\n", jint(e, "points"), or_(jstr(e, "reason"), ""));
+        say("      - %s redeemed: %s\n", pts(dm, jint(e, "points")), or_(jstr(e, "reason"), ""));
     else if (strcmp(kind, "reverse") == 0)
-        say("      ↺ reversed %lld points of deal %s (%s)\n", jint(e, "reversed"),
+        say("      ↺ reversed %s of deal %s (%s)\n", pts(dm, jint(e, "reversed")),
             or_(jstr(e, "ref"), "?"), or_(jstr(e, "reason"), ""));
     else if (strcmp(kind, "set_tier") == 0)
         say("      ★ tier → %s (%s)\n", or_(jstr(e, "tier"), "?"), or_(jstr(e, "reason"), ""));
@@ -129,6 +142,8 @@ static void say_effect(const json_t *e)
     else if (strcmp(kind, "task") == 0)
         say("      ☐ task for the manager: \"%s\" (due %s)\n", or_(jstr(e, "title"), ""),
             or_(jstr(e, "due_on"), "?"));
+    else if (strcmp(kind, "set_field") == 0 && json_is_false(json_object_get(e, "crm")))
+        say("      remembered %s (kept in loyd, not on the card)\n", or_(jstr(e, "name"), "?"));
     else if (strcmp(kind, "set_field") == 0)
         say("      field %s set\n", or_(jstr(e, "name"), "?"));
     else
@@ -157,12 +172,13 @@ static void on_event(void *arg, const char *tenant, const json_t *ev, int err)
     json_array_foreach(json_object_get(trace, "notes"), i, x)
         say("      %s\n", json_string_value(x));
     json_array_foreach(json_object_get(trace, "accepted"), i, x)
-        say_effect(x);
+        say_effect(dm, x);
     json_array_foreach(json_object_get(trace, "rejected"), i, x)
         say("      ✗ %s refused: %s\n", or_(jstr(json_object_get(x, "effect"), "kind"), "effect"),
             or_(jstr(x, "reason"), ""));
     if (jint(trace, "balance") != jint(trace, "balance_before"))
-        say("      balance %lld → %lld\n", jint(trace, "balance_before"), jint(trace, "balance"));
+        say("      balance %s → %s\n", pts(dm, jint(trace, "balance_before")),
+            pts(dm, jint(trace, "balance")));
     else if (json_array_size(json_object_get(trace, "accepted")) == 0)
         say("      (the rules had nothing to do)\n");
     json_decref(row);
@@ -193,15 +209,15 @@ static void say_member(struct demo *dm, const char *id)
     if (loyd_store_member_get(s, TENANT, id, &m) != 0)
         m = NULL;
     const char *tier = jstr(json_object_get(m, "profile"), "tier");
-    say("    loyd's ledger: balance %" PRId64 ", tier %s\n", bal, tier ? tier : "-");
+    say("    loyd's ledger: balance %s, tier %s\n", pts(dm, bal), tier ? tier : "-");
     if (loyd_store_lots_open(s, TENANT, id, &lots) == 0) {
         json_array_foreach(lots, i, lot)
         {
             char on[11] = "never";
             if (jint(lot, "expires_ms") > 0)
                 loyd_date_format(jint(lot, "expires_ms") - 1, 0, on);
-            say("      lot #%lld: %lld of %lld points left, %s%s\n", jint(lot, "id"),
-                jint(lot, "remaining"), jint(lot, "points"),
+            say("      lot #%lld: %s of %s left, %s%s\n", jint(lot, "id"),
+                pts(dm, jint(lot, "remaining")), pts(dm, jint(lot, "points")),
                 jint(lot, "expires_ms") > 0 ? "expires after " : "expires ", on);
         }
     }
@@ -357,24 +373,53 @@ static bool wait_quiet(struct demo *dm)
     return false;
 }
 
+/* loyd's fields on a card, by the labels the portal shows (read once per entity kind). */
+static void say_fields(struct demo *dm, const char *kind, const json_t *card)
+{
+    const char *k;
+    json_t *v;
+    if (dm->labels == NULL)
+        dm->labels = json_object();
+    json_object_foreach((json_t *)card, k, v)
+    {
+        if (strncmp(k, "UF_CRM_LOYD_", 12) != 0 || json_is_null(v) ||
+            (json_is_string(v) && json_string_value(v)[0] == '\0'))
+            continue;
+        if (json_object_get(dm->labels, k) == NULL) {
+            char method[48];
+            snprintf(method, sizeof(method), "crm.%s.userfield.list", kind);
+            json_t *l = rest(dm, dm->rest, method,
+                             json_pack("{s:{s:s, s:s}}", "filter", "FIELD_NAME", k, "LANG", "en"));
+            const char *label = jstr(json_array_get(l, 0), "EDIT_FORM_LABEL");
+            json_object_set_new(dm->labels, k, json_string(label != NULL ? label : k));
+            json_decref(l);
+        }
+        char *t = json_is_string(v) ? loyd_xstrdup(json_string_value(v))
+                                    : json_dumps(v, JSON_ENCODE_ANY);
+        say("      %-32s %s\n", jstr(dm->labels, k), t);
+        free(t);
+    }
+}
+
+/* The deal's card: what loyd wrote onto it. */
+static void say_deal(struct demo *dm, const char *id)
+{
+    json_t *d = rest(dm, dm->rest, "crm.deal.get", json_pack("{s:s}", "id", id));
+    if (d == NULL)
+        return;
+    say("    CRM card of deal %s (%s):\n", id, or_(jstr(d, "TITLE"), ""));
+    say_fields(dm, "deal", d);
+    json_decref(d);
+}
+
 /* What the contact's card shows now: loyd's fields, comments, tasks. */
 static void say_card(struct demo *dm, const char *id)
 {
     json_t *c = rest(dm, dm->rest, "crm.contact.get", json_pack("{s:s}", "id", id));
-    const char *k;
-    json_t *v;
     if (c == NULL)
         return;
-    say("    CRM card of %s %s:", or_(jstr(c, "NAME"), ""), or_(jstr(c, "LAST_NAME"), ""));
-    json_object_foreach(c, k, v)
-    {
-        if (strncmp(k, "UF_CRM_LOYD_", 12) != 0 || json_is_null(v))
-            continue;
-        char *t = json_dumps(v, JSON_ENCODE_ANY);
-        say(" %s=%s", k + 12, t);
-        free(t);
-    }
-    say("\n");
+    say("    CRM card of %s %s:\n", or_(jstr(c, "NAME"), ""), or_(jstr(c, "LAST_NAME"), ""));
+    say_fields(dm, "contact", c);
     json_decref(c);
     json_t *l = rest(dm, dm->rest, "crm.timeline.comment.list",
                      json_pack("{s:{s:s, s:s}}", "filter", "ENTITY_ID", id, "ENTITY_TYPE",
@@ -479,6 +524,8 @@ static int play(struct demo *dm)
                      json_pack("{s:s, s:{s:s}}", "id", deal1, "fields", "STAGE_ID", "WON")));
     if (!settle(dm, anna))
         goto out;
+    say_deal(dm, deal1);
+    say("\n");
 
     say("3. The manager edits the won deal five more times: no new points.\n");
     for (int i = 0; i < 5; i++) {
@@ -508,6 +555,8 @@ static int play(struct demo *dm)
                      json_pack("{s:s, s:{s:s}}", "id", deal2, "fields", "STAGE_ID", "LOSE")));
     if (!settle(dm, anna))
         goto out;
+    say_deal(dm, deal2);
+    say("\n");
 
     say("7. The clock moves 352 days: points expire in two weeks, the card gets a warning.\n");
     move_clock(dm, 352);
@@ -723,6 +772,7 @@ int loyd_cmd_demo(int argc, char **argv)
         stop_all(dm);
         goto run;
     }
+    dm->unit = *loyd_engine_points_unit(loyd_daemon_tenant(dm->daemon, TENANT)->engine);
     struct loyd_worker_observer obs = {.event = on_event, .write = on_write, .arg = dm};
     loyd_daemon_set_observer(dm->daemon, &obs);
     uv_thread_create(&dm->story, story_main, dm);
@@ -744,6 +794,7 @@ done:
     uv_cond_destroy(&dm->cv);
     curl_global_cleanup();
     loyd_buf_free(&err);
+    json_decref(dm->labels);
     free(dm);
     return code;
 }

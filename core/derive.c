@@ -165,6 +165,13 @@ static void derive_deal(const json_t *snap, const json_t *prev, const char *id,
         json_is_string(json_object_get(prev, "contact_id")))
         json_object_set(deal, "contact_id", json_object_get(prev, "contact_id"));
     json_object_set_new(out->event, "deal", deal);
+    if (strcmp(type, "deal.reopened") == 0) {
+        /* Words matter on the card: a lost or deleted deal was not "reopened". */
+        const char *why = deleted                                      ? "deleted"
+                          : json_is_true(json_object_get(snap, "lost")) ? "lost"
+                                                                        : "reopened";
+        json_object_set_new(out->event, "reason", json_string(why));
+    }
     const char *member = json_string_value(json_object_get(deal, "contact_id"));
     if (contact != NULL && member != NULL && !json_is_true(json_object_get(contact, "deleted")) &&
         json_equal(json_object_get(contact, "id"), json_object_get(deal, "contact_id")))

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ledger.h"
+#include "log.h"
 #include "pack.h"
 #include "rules.h"
 
@@ -79,6 +81,11 @@ const char *loyd_engine_pack_version(const struct loyd_engine *e)
     return e->pack->version;
 }
 
+const struct loyd_points_unit *loyd_engine_points_unit(const struct loyd_engine *e)
+{
+    return &e->pack->points;
+}
+
 static const char *sfield(const json_t *o, const char *k)
 {
     return json_string_value(json_object_get(o, k));
@@ -98,6 +105,51 @@ static const char *event_member(const json_t *ev)
     if (m == NULL)
         m = sfield(ev, "member_id");
     return m != NULL && m[0] != '\0' ? m : NULL;
+}
+
+const char *loyd_engine_event_member(const json_t *event)
+{
+    return json_is_object(event) ? event_member(event) : NULL;
+}
+
+int loyd_engine_ledger_entries(const json_t *rows, const char *member_id,
+                               struct loyd_ledger_entry **out, size_t *n, struct loyd_buf *err)
+{
+    size_t nl = json_array_size(rows), i;
+    struct loyd_ledger_entry *lent = loyd_xcalloc(nl > 0 ? nl : 1, sizeof(*lent));
+    const json_t *x;
+
+    json_array_foreach(rows, i, x)
+    {
+        const char *rm = sfield(x, "member_id");
+        lent[i] = (struct loyd_ledger_entry){
+            .member_id = rm != NULL && member_id != NULL && strcmp(rm, member_id) != 0 ? rm : NULL,
+            .points = ifield(x, "points"),
+            .kind = sfield(x, "kind"),
+            .reason = sfield(x, "reason"),
+            .expires_ms = ifield(x, "expires_ms") > 0 ? (uint64_t)ifield(x, "expires_ms") : 0,
+            .lot_id = ifield(x, "lot_id"),
+            .ref = sfield(x, "ref"),
+            .provisional_id = ifield(x, "id"),
+            .campaign = sfield(x, "campaign"),
+        };
+        /* The store's own rules (it checks them again, for every other writer). */
+        const char *why = loyd_ledger_entry_check(lent[i].kind, lent[i].points, lent[i].lot_id);
+        if (why == NULL && lent[i].member_id == NULL && member_id == NULL)
+            why = "it names no member";
+        if (why != NULL) {
+            loyd_buf_printf(err, "ledger row %zu (%s, %lld points, lot %lld) would be refused by "
+                            "the store: %s", i, lent[i].kind != NULL ? lent[i].kind : "no kind",
+                            (long long)lent[i].points, (long long)lent[i].lot_id, why);
+            free(lent);
+            *out = NULL;
+            *n = 0;
+            return -EINVAL;
+        }
+    }
+    *out = lent;
+    *n = nl;
+    return 0;
 }
 
 /* Store rows -> the ledger.h shape (null -> 0, created_ms -> at). */
@@ -207,6 +259,53 @@ static void on_dead_letter(void *arg, int err)
     free(f);
 }
 
+/*
+ * An event the rules evaluated but that cannot be applied as it is (bad stored data, a ledger
+ * row the store would refuse, the store refused it): nothing of it is applied, so it must not
+ * vanish either.  Logs @p why at error level and stores it as a dead letter (kind "event",
+ * ref = the event key); @p cb gets -EINVAL once that is stored.  @return 0 or the dead letter's
+ * submit error (then cb is not called).
+ */
+static int refuse(struct loyd_engine *e, struct loyd_store *s, const char *key,
+                  const char *event_text, const char *why, loyd_store_cb cb, void *arg)
+{
+    loyd_log_err(CORE, "tenant=%s event %s refused (dead letter): %s", e->tenant, key, why);
+    struct fail_ctx *f = loyd_xmalloc(sizeof(*f));
+    *f = (struct fail_ctx){cb, arg, -EINVAL};
+    int rc = loyd_store_dead_letter(s, e->tenant, "event", key, event_text, why, on_dead_letter, f);
+    if (rc != 0)
+        free(f);
+    return rc;
+}
+
+/* One apply in flight: what a refusal by the store's transaction needs for its dead letter. */
+struct apply_ctx {
+    struct loyd_engine *e;
+    struct loyd_store *s;
+    char *key, *event_text;
+    loyd_store_cb cb;
+    void *arg;
+};
+
+static void on_apply_done(void *arg, int err)
+{
+    struct apply_ctx *c = arg;
+
+    if (err == -EINVAL) {
+        /* The database refused the values (a CHECK or a foreign key; the store logged which). */
+        if (refuse(c->e, c->s, c->key, c->event_text,
+                   "the store refused the event's rows (a database constraint; see its log)",
+                   c->cb, c->arg) != 0 &&
+            c->cb != NULL)
+            c->cb(c->arg, err);
+    } else if (c->cb != NULL) {
+        c->cb(c->arg, err);
+    }
+    free(c->key);
+    free(c->event_text);
+    free(c);
+}
+
 static uint64_t seed_of(const char *key)
 {
     uint64_t h = 1469598103934665603ULL;
@@ -226,6 +325,10 @@ static json_t *deal_mark(const json_t *ev, const char *mid, const json_t *stored
     size_t i;
 
     if (deal == NULL || (strcmp(type, "deal.won") != 0 && strcmp(type, "deal.reopened") != 0))
+        return NULL;
+    /* A deleted deal has no card to mark: the write would only fail, and deleting a deal is
+     * an ordinary CRM action, not an error. */
+    if (sfield(ev, "reason") != NULL && strcmp(sfield(ev, "reason"), "deleted") == 0)
         return NULL;
     json_array_foreach(stored, i, r)
         if (sfield(r, "ref") != NULL && strcmp(sfield(r, "ref"), deal) == 0)
@@ -313,28 +416,24 @@ int loyd_engine_process_state(struct loyd_engine *e, struct loyd_store *s, const
         }
         goto out;
     }
+    if (rc == -EINVAL) {
+        /* The member's stored data or the event's fields are not what the rules take. */
+        const char *msg = sfield(res, "error");
+        rc = refuse(e, s, key, event_text, msg != NULL ? msg : "the rules refused the input", cb,
+                    arg);
+        goto out;
+    }
     if (rc != 0)
         goto out;
 
-    /* Ledger rows. */
+    /* Ledger rows, checked as the store will check them. */
     json_t *lrows = json_object_get(res, "ledger"), *x;
     size_t i;
-    nl = json_array_size(lrows);
-    lent = loyd_xcalloc(nl > 0 ? nl : 1, sizeof(*lent));
-    json_array_foreach(lrows, i, x)
-    {
-        const char *rm = sfield(x, "member_id");
-        lent[i] = (struct loyd_ledger_entry){
-            .member_id = rm != NULL && strcmp(rm, mid) != 0 ? rm : NULL,
-            .points = ifield(x, "points"),
-            .kind = sfield(x, "kind"),
-            .reason = sfield(x, "reason"),
-            .expires_ms = ifield(x, "expires_ms") > 0 ? (uint64_t)ifield(x, "expires_ms") : 0,
-            .lot_id = ifield(x, "lot_id"),
-            .ref = sfield(x, "ref"),
-            .provisional_id = ifield(x, "id"),
-            .campaign = sfield(x, "campaign"),
-        };
+    struct loyd_buf why = {0};
+    if (loyd_engine_ledger_entries(lrows, mid, &lent, &nl, &why) != 0) {
+        rc = refuse(e, s, key, event_text, why.data, cb, arg);
+        loyd_buf_free(&why);
+        goto out;
     }
     /* Write-backs. */
     json_t *ob = json_object_get(res, "outbox");
@@ -381,7 +480,19 @@ int loyd_engine_process_state(struct loyd_engine *e, struct loyd_store *s, const
         .state_key = state_key,
         .state_json = state_json,
     };
-    rc = loyd_store_apply(s, &a, cb, arg);
+    struct apply_ctx *ac = loyd_xmalloc(sizeof(*ac));
+    *ac = (struct apply_ctx){e, s, loyd_xstrdup(key), event_text, cb, arg};
+    event_text = NULL; /* the context owns it now */
+    rc = loyd_store_apply(s, &a, on_apply_done, ac);
+    if (rc != 0) {
+        event_text = ac->event_text;
+        free(ac->key);
+        free(ac);
+    }
+    if (rc == -EINVAL) /* the store logged which row and why */
+        rc = refuse(e, s, key, event_text,
+                    "the store refused the event's rows (kind, sign, lot or member; see its log)",
+                    cb, arg);
 
 out:
     for (size_t j = 0; otexts != NULL && j < no; j++)

@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "loyd/error.h"
+#include "points.h"
 #include "sandbox.h"
 #include "store.h"
 #include "util.h"
@@ -57,6 +58,8 @@ int loyd_engine_tz_offset_min(const struct loyd_engine *e);
 const char *loyd_engine_tenant(const struct loyd_engine *e);
 const json_t *loyd_engine_settings(const struct loyd_engine *e);
 const char *loyd_engine_pack_version(const struct loyd_engine *e);
+/** Borrowed: how people count the pack's points (points.h). */
+const struct loyd_points_unit *loyd_engine_points_unit(const struct loyd_engine *e);
 
 /**
  * Processes @p event (borrowed canonical event {type, key, at, deal?, contact?}; "at" defaults
@@ -67,15 +70,33 @@ const char *loyd_engine_pack_version(const struct loyd_engine *e);
  * When a rule fails (raises, runs out of instructions/time/memory, returns a bad value) nothing
  * is applied: a dead letter (kind "event", ref = the event key, payload = the event, error =
  * message and traceback) is written and @p cb gets LOYD_ERULE, LOYD_EBUDGET, LOYD_ERULEMEM or
- * LOYD_EEFFECT after it is stored.  The inbox row is left as it is (the caller finishes it).
- * The engine stays usable for later events after any failure.
- * @return 0 (cb will be called exactly once); -EINVAL (no type/key/member id, unknown event
- *         type, bad stored data: nothing written, cb not called); a store read error;
+ * LOYD_EEFFECT after it is stored.  When the event cannot be applied as it is (the rules refuse
+ * its fields or the member's stored data, a ledger row the store would refuse, the store
+ * refuses the transaction) nothing is applied either: the reason is logged at error level, it
+ * is a dead letter the same way and @p cb gets -EINVAL after that is stored.  The inbox row is
+ * left as it is (the caller finishes it).  The engine stays usable after any failure.
+ * @return 0 (cb will be called exactly once); -EINVAL (not an event: no type/key/member id,
+ *         unknown event type; nothing written, cb not called); a store read error;
  *         -ECANCELED (store closing).
  */
 LOYD_MUST_CHECK int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s,
                                         const json_t *event, int64_t inbox_id, loyd_store_cb cb,
                                         void *arg);
+
+/** The member @p event is about (contact.id, deal.contact_id, member_id), or NULL (borrowed). */
+const char *loyd_engine_event_member(const json_t *event);
+
+/**
+ * The store entries of the ledger rows one rules evaluation wrote (@p rows: its "ledger"; new
+ * ones only), each checked with the store's rules (loyd_ledger_entry_check() and a member): the
+ * step from rules to store that the daemon and `loyd test` share, so that a row `loyd test`
+ * accepts is one the daemon can store.  Entries borrow @p rows' strings; @p member_id is the
+ * apply's member (rows of other members keep theirs).
+ * @return 0 and *out (free(); n entries); -EINVAL (message naming the row and why in @p err).
+ */
+LOYD_MUST_CHECK int loyd_engine_ledger_entries(const json_t *rows, const char *member_id,
+                                               struct loyd_ledger_entry **out, size_t *n,
+                                               struct loyd_buf *err);
 
 /**
  * loyd_engine_process that also stores the CRM state the event was derived from (derive.h)

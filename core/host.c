@@ -67,6 +67,15 @@ uint64_t loyd_host_now_ms(const struct loyd_host *h)
     return (uint64_t)((int64_t)loyd_wall_ms() + h->clock_offset_ms);
 }
 
+static void tag_write(int level, const char *tag, const char *fmt, ...) LOYD_PRINTF(3, 4);
+static void tag_write(int level, const char *tag, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    loyd_log_vwrite(level, tag, fmt, ap);
+    va_end(ap);
+}
+
 static void api_log(void *hctx, int level, const char *fmt, ...)
 {
     struct loyd_host_ctx *c = hctx;
@@ -82,7 +91,33 @@ static void api_log(void *hctx, int level, const char *fmt, ...)
     else
         snprintf(tag, sizeof(tag), "plugin:%s", c->plugin);
     va_start(ap, fmt);
-    loyd_log_vwrite(level, tag, fmt, ap);
+    if (c->origin_file != NULL && level <= LOYD_LOG_WARN) {
+        /* "crm.rate: expected ..." from a connector opening a tenant becomes
+         * "tenants.d/acme.conf:7: key 'crm.rate': expected ...", as the daemon's own errors. */
+        char msg[1024], key[128];
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        size_t n = strspn(msg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.");
+        if (strncmp(msg, "crm.", 4) == 0 && msg[n] == ':' && n < sizeof(key)) {
+            memcpy(key, msg, n);
+            key[n] = '\0';
+            const json_t *l = json_object_get(c->origin_lines, key);
+            while (l == NULL && strrchr(key, '.') != key + 3 && strrchr(key, '.') != NULL) {
+                *strrchr(key, '.') = '\0'; /* crm.attributes.x: the line of crm.attributes */
+                l = json_object_get(c->origin_lines, key);
+            }
+            memcpy(key, msg, n);
+            key[n] = '\0';
+            if (json_is_integer(l))
+                tag_write(level, tag, "%s:%d: key '%s':%s", c->origin_file,
+                               (int)json_integer_value(l), key, msg + n + 1);
+            else
+                tag_write(level, tag, "%s: key '%s':%s", c->origin_file, key, msg + n + 1);
+        } else {
+            tag_write(level, tag, "%s: %s", c->origin_file, msg);
+        }
+    } else {
+        loyd_log_vwrite(level, tag, fmt, ap);
+    }
     va_end(ap);
 }
 

@@ -32,6 +32,10 @@ struct loyd_host_ctx {
     struct loyd_host *host;
     char *plugin; /* owned */
     char *tenant; /* owned, may be NULL */
+    /* While a connector opens a tenant: the tenant file and its key -> line map (borrowed),
+     * so that an error the connector logs about "crm.KEY" names the file and line. */
+    const char *origin_file;
+    const json_t *origin_lines;
 };
 
 extern const struct loyd_host_api loyd_host_api;

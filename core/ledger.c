@@ -108,6 +108,32 @@ const struct loyd_lot *loyd_ledger_lot(const struct loyd_ledger *lg, int64_t id)
     return find_lot(lg, id);
 }
 
+const char *loyd_ledger_entry_check(const char *kind, int64_t points, int64_t lot_id)
+{
+    if (kind == NULL || !known_kind(kind))
+        return "kind must be award, redeem, expire, reverse or adjust";
+    if (points == 0)
+        return "points must not be 0";
+    if (points < -LOYD_LEDGER_MAX_POINTS || points > LOYD_LEDGER_MAX_POINTS)
+        return "points must be within +-10^12";
+    if (lot_id < 0)
+        return "lot_id must not be negative";
+    if (strcmp(kind, "award") == 0) {
+        if (points < 0 || lot_id != 0)
+            return "an award must be positive and open its own lot (lot_id 0)";
+        return NULL;
+    }
+    if (strcmp(kind, "adjust") == 0)
+        return NULL;
+    /* redeem, expire, reverse */
+    if (points > 0)
+        return "redeem, expire and reverse rows must be negative (points given back to a lot "
+               "are an adjust row)";
+    if (lot_id == 0)
+        return "redeem, expire and reverse rows must name the lot they draw from (lot_id)";
+    return NULL;
+}
+
 /* Validates one row against the current state; @p idx labels messages (-1: a new row). */
 static int check_row(const struct loyd_ledger *lg, const json_t *row, long idx, bool need_id,
                      struct loyd_buf *err)
@@ -164,7 +190,7 @@ static int check_row(const struct loyd_ledger *lg, const json_t *row, long idx, 
         }
     }
     if (!json_is_integer(json_object_get(row, "points")) || points < -LOYD_LEDGER_MAX_POINTS ||
-        points > LOYD_LEDGER_MAX_POINTS || (points == 0 && strcmp(kind, "reverse") != 0)) {
+        points > LOYD_LEDGER_MAX_POINTS || points == 0) {
         field = "points";
         why = "must be a non-zero integer within +-10^12";
         goto bad;
@@ -176,25 +202,12 @@ static int check_row(const struct loyd_ledger *lg, const json_t *row, long idx, 
         why = "must not be negative";
         goto bad;
     }
-    if (strcmp(kind, "award") == 0 && (points < 0 || lot_id != 0)) {
-        field = "points";
-        why = "an award must be positive and open its own lot (lot_id 0)";
-        goto bad;
-    }
-    if (lot_id == 0 && points > 0 && strcmp(kind, "award") != 0 && strcmp(kind, "adjust") != 0) {
-        field = "lot_id";
-        why = "only award and adjust rows may open a lot";
-        goto bad;
-    }
-    if ((strcmp(kind, "redeem") == 0 || strcmp(kind, "expire") == 0) && points > 0) {
-        field = "points";
-        why = "redeem and expire rows must be negative";
-        goto bad;
-    }
-    if (strcmp(kind, "expire") == 0 && lot_id == 0) {
-        field = "lot_id";
-        why = "an expire row must name its lot";
-        goto bad;
+    /* Kind, sign and lot: the rules the store applies too. */
+    const char *bad_entry = loyd_ledger_entry_check(kind, points, lot_id);
+    if (bad_entry != NULL) {
+        loyd_buf_printf(err, "%s (%s, %lld points, lot %lld): %s", where, kind,
+                        (long long)points, (long long)lot_id, bad_entry);
+        return -EINVAL;
     }
     if (lot_id != 0 && find_lot(lg, lot_id) == NULL) {
         field = "lot_id";
@@ -517,8 +530,9 @@ int loyd_ledger_redeem(struct loyd_ledger *lg, int64_t points, const char *reaso
         need -= take;
     }
     free(ids);
+    /* What no lot covers is a debit of its own: an adjust row, since a redeem row names a lot. */
     if (rc == 0 && need > 0)
-        rc = write_row(lg, "redeem", -need, reason, ref, NULL, 0, 0, at_ms, out, err);
+        rc = write_row(lg, "adjust", -need, reason, ref, NULL, 0, 0, at_ms, out, err);
     return rc;
 }
 
@@ -536,7 +550,9 @@ int loyd_ledger_reverse(struct loyd_ledger *lg, const char *ref, const char *rea
         return -EINVAL;
     }
     /* Redemptions for this ref go back to their lots first: the purchase they paid for is
-     * undone.  Net per lot = redeemed - already returned. */
+     * undone.  Net per lot = redeemed - already returned (by an earlier reversal).  Rules write
+     * no adjust rows, so an adjust row with this ref is the ledger's own: a debit beyond the
+     * balance (negative, no lot) or points a reversal gave back (positive). */
     int64_t *lot_ids = loyd_xcalloc(nrows + 1, sizeof(*lot_ids));
     int64_t *net = loyd_xcalloc(nrows + 1, sizeof(*net));
     size_t nl = 0;
@@ -549,8 +565,9 @@ int loyd_ledger_reverse(struct loyd_ledger *lg, const char *ref, const char *rea
             continue;
         any = true;
         int64_t p = row_int(row, "points"), lot = row_int(row, "lot_id");
-        bool redeem = strcmp(kind, "redeem") == 0;
-        bool give_back = strcmp(kind, "reverse") == 0 && p > 0;
+        bool adjust = strcmp(kind, "adjust") == 0;
+        bool redeem = strcmp(kind, "redeem") == 0 || (adjust && p < 0 && lot == 0);
+        bool give_back = p > 0 && (adjust || strcmp(kind, "reverse") == 0);
         if (!redeem && !give_back)
             continue;
         if (lot == 0) {
@@ -567,7 +584,8 @@ int loyd_ledger_reverse(struct loyd_ledger *lg, const char *ref, const char *rea
     for (size_t k = 0; k < nl && rc == 0; k++) {
         if (net[k] <= 0)
             continue;
-        rc = write_row(lg, "reverse", net[k], reason, ref, NULL, 0, lot_ids[k], at_ms, out, err);
+        /* Into the lot it came from (which keeps its expiry): a positive row is an adjust. */
+        rc = write_row(lg, "adjust", net[k], reason, ref, NULL, 0, lot_ids[k], at_ms, out, err);
         rv->returned += net[k];
     }
     free(lot_ids);
@@ -596,8 +614,10 @@ int loyd_ledger_reverse(struct loyd_ledger *lg, const char *ref, const char *rea
         int64_t take = remaining + (allow_negative && spent > 0 ? spent : 0);
         const char *camp = l->campaign;
         char *camp_copy = camp != NULL ? loyd_xstrdup(camp) : NULL;
-        /* A zero-point row still marks the lot reversed, so a later reversal skips it. */
-        rc = write_row(lg, "reverse", -take, reason, ref, camp_copy, 0, id, at_ms, out, err);
+        /* Nothing left to take (all spent, negative balance not allowed): no row, since a row
+         * is never 0 points.  A later reversal of the ref then reports the shortfall again. */
+        if (take > 0)
+            rc = write_row(lg, "reverse", -take, reason, ref, camp_copy, 0, id, at_ms, out, err);
         free(camp_copy);
         rv->awarded += points;
         rv->reversed += take;

@@ -10,7 +10,10 @@
  *    "expires_ms":ms|0, "lot_id":0, "ref":"759", "campaign":"bf2026"}
  * kind is award | redeem | expire | reverse | adjust.  A row with positive points and lot_id 0
  * opens a lot (award or positive adjust).  A row with lot_id L draws from (negative) or returns
- * to (positive) lot L.  A negative row with lot_id 0 is a debit not backed by any lot.
+ * to (positive) lot L.  A negative row with lot_id 0 is a debit not backed by any lot.  Which
+ * kind may do what is loyd_ledger_entry_check() (the store's schema says the same): redeem,
+ * expire and reverse rows draw from a lot; what goes back into a lot or stands alone (points a
+ * reversal returns, a debit beyond the balance) is an adjust row.
  *
  * Replay (rows in id order) defines the state; the balance is the sum of all points:
  *   - a linked row changes its lot's remaining points; if that would go below zero, the excess
@@ -66,6 +69,19 @@ struct loyd_ledger {
 };
 
 /**
+ * The kind, sign and lot rules of one ledger row, the ONE definition that the ledger math, the
+ * store's apply (and its schema's CHECKs) and `loyd test` all use, so that what the rules
+ * compute is what the store takes:
+ *   award                    points > 0, opens its own lot (lot_id 0);
+ *   redeem, expire, reverse  points < 0, draw from a lot (lot_id > 0);
+ *   adjust                   points != 0, any lot_id >= 0 (gives back to a lot, opens one,
+ *                            or is a debit no lot backs).
+ * Points are never 0 and within +-LOYD_LEDGER_MAX_POINTS.
+ * @return NULL when valid, else a static message naming what is wrong.
+ */
+const char *loyd_ledger_entry_check(const char *kind, int64_t points, int64_t lot_id);
+
+/**
  * Builds the state from @p rows (borrowed JSON array, any order; NULL = empty).  Every row is
  * validated (kind, integer points, known lot ids, string lengths, at most LOYD_LEDGER_MAX_ROWS).
  * @return 0; -EINVAL with a message naming the row index and field in @p err.
@@ -114,7 +130,8 @@ LOYD_MUST_CHECK int loyd_ledger_award(struct loyd_ledger *lg, int64_t points, co
 /**
  * Spends @p points from open lots, earliest expiry first, then lowest id (lots past expiry at
  * @p at_ms are not spent).  Without @p allow_negative it refuses (-ENOSPC, nothing written)
- * when the balance is short; with it, the shortfall is an unbacked debit.
+ * when the balance is short; with it, the shortfall is an unbacked debit (an adjust row with
+ * lot_id 0 and the same ref, since a redeem row must name a lot).
  */
 LOYD_MUST_CHECK int loyd_ledger_redeem(struct loyd_ledger *lg, int64_t points, const char *reason,
                                        const char *ref, bool allow_negative, int64_t at_ms,
@@ -132,8 +149,10 @@ struct loyd_reversal {
 /**
  * Reverses every not-yet-reversed award lot with this @p ref: takes back what remains of each
  * lot; what was already spent becomes debt when @p allow_negative, else it is reported as
- * shortfall.  Redemptions with the same ref are given back to the lots they came from (those
- * lots keep their expiry).  -ENOENT when nothing carries the ref.
+ * shortfall.  A lot with nothing to take back gets no row (rows are never 0 points).
+ * Redemptions with the same ref, net of what earlier reversals returned, are given back: as a
+ * positive adjust row into the lot each came from (the lot keeps its expiry), and an unbacked
+ * debit as a new lot without expiry.  -ENOENT when nothing carries the ref.
  */
 LOYD_MUST_CHECK int loyd_ledger_reverse(struct loyd_ledger *lg, const char *ref, const char *reason,
                                         bool allow_negative, int64_t at_ms, json_t *out,

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli_member.h"
 #include "daemon.h"
 #include "demo.h"
 #include "emulate.h"
@@ -20,6 +21,9 @@ static const char usage[] =
     "  test PACK_DIR            run a rule pack's offline tests\n"
     "  emulate CRM [--listen HOST:PORT]   run an offline CRM emulator (bitrix24)\n"
     "  demo                     emulated Bitrix24 + loyd + retail pack: a guided story\n"
+    "  member TENANT WHO        a member's balance, tier, lots and last ledger rows\n"
+    "                           (WHO: contact id, phone or email; -c FILE, --json)\n"
+    "  ledger TENANT            the tenant's ledger rows (--since, --member, --limit, --json)\n"
     "  version                  print the version\n"
     "\n"
     "Run 'loyd COMMAND --help' for a command's options.\n";
@@ -56,6 +60,8 @@ static const struct {
     {"test", loyd_cmd_test},
     {"emulate", loyd_cmd_emulate},
     {"demo", loyd_cmd_demo},
+    {"member", loyd_cmd_member},
+    {"ledger", loyd_cmd_ledger},
 };
 
 int main(int argc, char **argv)

@@ -71,6 +71,12 @@ void loyd_metrics_render(const struct loyd_metrics *m, const struct loyd_metrics
             s->events_duplicate);
     counter(out, "loyd_rule_errors_total", "Events whose rules failed (dead letters).",
             s->rule_errors);
+    counter(out, "loyd_events_refused_total",
+            "Events that could not be applied as they are: bad stored data, a ledger row the "
+            "store refuses (dead letters, the reason logged as an error).",
+            s->events_refused);
+    counter(out, "loyd_events_skipped_total", "Events that name no member (nothing to apply).",
+            s->events_skipped);
     counter(out, "loyd_inbox_dead_total", "Stored webhooks given up on (CRM reads failed).",
             s->rows_dead);
     loyd_buf_puts(out, "# HELP loyd_writebacks_total CRM write-back items by outcome.\n"
@@ -87,6 +93,11 @@ void loyd_metrics_render(const struct loyd_metrics *m, const struct loyd_metrics
                         wb[i].v);
     counter(out, "loyd_write_calls_total", "Connector write calls (each one CRM batch).",
             s->write_calls);
+    counter(out, "loyd_fields_repaired_total",
+            "loyd's CRM fields found changed outside loyd and put back from the ledger.",
+            s->fields_repaired);
+    counter(out, "loyd_catchups_total", "Reads of CRM changes at once after a start.",
+            s->catchups);
     loyd_buf_puts(out, "# HELP loyd_crm_calls_total CRM API calls by outcome.\n"
                        "# TYPE loyd_crm_calls_total counter\n");
     const struct {

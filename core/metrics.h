@@ -31,8 +31,10 @@ struct loyd_metrics_sample {
     uint64_t tenants;
     /* The workers' counters (worker.h), summed over tenants. */
     uint64_t events_applied, events_duplicate, rule_errors, rows_dead;
+    uint64_t events_refused, events_skipped;
     uint64_t writebacks_done, writebacks_retried, writebacks_dead, writebacks_skipped;
     uint64_t write_calls;
+    uint64_t fields_repaired, catchups;
 };
 
 void loyd_metrics_request(struct loyd_metrics *m, enum loyd_route route, int status);

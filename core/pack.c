@@ -23,7 +23,8 @@
 static const char *const types[] = {"int",  "string", "bool", "percent_bp", "days",
                                     "date", "list",   "map",  "table"};
 static const char *const spec_fields[] = {"type", "default", "help", "of", "min", "max"};
-static const char *const conf_fields[] = {"name", "version", "extends", "description", "settings"};
+static const char *const conf_fields[] = {"name",        "version",  "extends",
+                                           "description", "settings", "points"};
 
 /* ---- suggestions ------------------------------------------------------------------------ */
 
@@ -873,6 +874,15 @@ static int load_rec(const char *dir, const char *search_path, char **chain, int 
     p->name = loyd_xstrdup(name);
     p->version = loyd_xstrdup(version);
     p->description = desc != NULL ? loyd_xstrdup(desc) : NULL;
+    json_t *points = json_object_get(conf, "points");
+    struct loyd_buf perr = {0};
+    if (loyd_points_unit_parse(points, &p->points, &perr) != 0) {
+        loyd_buf_printf(err, "%s:%d: %s\n", p->conf_path, loyd_pack_line_of(src, "points"),
+                        perr.data);
+        loyd_buf_free(&perr);
+        rc = LOYD_ECONFIG;
+        goto fail;
+    }
 
     if (extends != NULL) {
         p->extends = loyd_xstrdup(extends);
@@ -907,6 +917,8 @@ static int load_rec(const char *dir, const char *search_path, char **chain, int 
         /* Take the base's rule files; its tests stay with it. */
         p->rules = base->rules;
         p->nrules = base->nrules;
+        if (points == NULL) /* a child that declares no unit counts as its base does */
+            p->points = base->points;
         base->rules = NULL;
         base->nrules = 0;
         loyd_pack_destroy(base);

@@ -5,7 +5,8 @@
  * run order (base pack's first; a child file with the same name replaces the base's in place)
  * and the pack's own test files.  It does not run rules: rules.c does, in a sandbox.
  *
- *   PACK_DIR/pack.conf     Lua data: name, version, extends, description, settings = {...}
+ *   PACK_DIR/pack.conf     Lua data: name, version, extends, description, points, settings
+ *                          (points = { unit = "points", minor = 100 }: see points.h)
  *   PACK_DIR/rules/NAME.lua  rule files (run in file-name order)
  *   PACK_DIR/tests/NAME.lua  offline tests (see pack_test.c)
  *
@@ -27,6 +28,7 @@
 #include <stddef.h>
 
 #include "loyd/error.h"
+#include "points.h"
 #include "util.h"
 
 #define LOYD_PACK_MAX_FILE (1024u * 1024) /* bytes per pack.conf / rule / test file */
@@ -47,6 +49,7 @@ struct loyd_pack {
     char *conf_path;                    /* dir + "/pack.conf" (owned) */
     char *name, *version, *description; /* owned; description may be NULL */
     char *extends;                      /* as written in pack.conf, or NULL (owned) */
+    struct loyd_points_unit points;     /* how people count the ledger's units (base's if unset) */
     json_t *schema;   /* {key: {type, default, help, of, min, max}} merged (owned) */
     json_t *defaults; /* {key: default} (owned) */
     struct loyd_pack_file *rules;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine.h"
 #include "ledger.h"
 #include "pack.h"
 #include "rules.h"
@@ -30,7 +31,7 @@ static const char *const member_fields[] = {
     "spend",    "purchases", "history"};
 static const char *const expect_fields[] = {"effects", "rejected", "outbox",    "balance",
                                             "tier",    "error",    "attributes"};
-static const char *const event_fields[] = {"type", "key", "at", "date", "deal", "contact"};
+static const char *const event_fields[] = {"type", "key", "at", "date", "deal", "contact", "reason"};
 
 /* ---- rendering and matching ---------------------------------------------------------------- */
 
@@ -453,6 +454,22 @@ static bool run_case(struct runner *rn, const char *file, size_t idx, const json
             json_decref(res);
             continue;
         }
+        /* The daemon hands these rows to the store through the same check: a row the store
+         * would refuse fails the case here instead of an event on a live tenant. */
+        struct loyd_ledger_entry *ents = NULL;
+        size_t nents = 0;
+        struct loyd_buf why = {0};
+        if (loyd_engine_ledger_entries(json_object_get(res, "ledger"),
+                                       json_string_value(json_object_get(member, "id")), &ents,
+                                       &nents, &why) != 0) {
+            char *msg = loyd_xasprintf("%s: %s", ew, why.data);
+            json_array_append_new(errors, json_string(msg));
+            free(msg);
+            loyd_buf_free(&why);
+            json_decref(res);
+            continue;
+        }
+        free(ents);
         size_t k;
         json_t *x;
         json_array_foreach(json_object_get(res, "accepted"), k, x) json_array_append(effects, x);

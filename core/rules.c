@@ -53,6 +53,48 @@ static const char prelude_src[] =
     "function loyd.is_leap(year) return (year % 4 == 0 and year % 100 ~= 0) or year % 400 == 0 "
     "end\n";
 
+/*
+ * loyd.format_points(n): ledger units as people read them ("1,455.5 points"), in the unit the
+ * pack declares (points.h; the same text loyd_points_format writes), and loyd.points_unit.
+ */
+static const char points_prelude_fmt[] =
+    "local MINOR, DECIMALS, UNIT = %lld, %u, %s\n"
+    "local mtype, tostring, fmt, error = math.type, tostring, string.format, error\n"
+    "loyd.points_unit = { unit = UNIT, minor = MINOR }\n"
+    "function loyd.format_points(n)\n"
+    "  if mtype(n) ~= 'integer' then\n"
+    "    error('loyd.format_points expects an integer number of ledger units', 2)\n"
+    "  end\n"
+    "  local neg = n < 0\n"
+    "  local whole, frac = n // MINOR, n %% MINOR\n"
+    "  if neg and frac ~= 0 then whole, frac = whole + 1, MINOR - frac end\n"
+    "  local digits = tostring(neg and -whole or whole)\n"
+    "  local s = digits:reverse():gsub('(%%d%%d%%d)', '%%1,'):reverse()\n"
+    "  if s:sub(1, 1) == ',' then s = s:sub(2) end\n"
+    "  if frac ~= 0 then s = s .. '.' .. fmt('%%0' .. DECIMALS .. 'd', frac):gsub('0+$', '') end\n"
+    "  return (neg and '-' or '') .. s .. ' ' .. UNIT\n"
+    "end\n";
+
+static int points_prelude(struct loyd_sandbox *sb, const struct loyd_points_unit *u,
+                          struct loyd_buf *err)
+{
+    /* The unit name is data from pack.conf: quoted with %q semantics by hand (no newlines are
+     * allowed in it, points.c checks), so it cannot become code. */
+    struct loyd_buf q = {0};
+    loyd_buf_puts(&q, "\"");
+    for (const char *c = u->unit; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            loyd_buf_puts(&q, "\\");
+        loyd_buf_append(&q, c, 1);
+    }
+    loyd_buf_puts(&q, "\"");
+    char *src = loyd_xasprintf(points_prelude_fmt, (long long)u->minor, u->decimals, q.data);
+    int rc = loyd_sandbox_prelude(sb, "=loyd/points", src, strlen(src), err);
+    free(src);
+    loyd_buf_free(&q);
+    return rc;
+}
+
 struct handler {
     size_t file; /* index into pack->rules */
     char *event;
@@ -114,6 +156,8 @@ int loyd_rules_create(const struct loyd_pack *pack, const struct loyd_sandbox_li
         goto fail;
     if ((rc = loyd_sandbox_prelude(r->sb, "=loyd/prelude", prelude_src, sizeof(prelude_src) - 1,
                                    err)) != 0)
+        goto fail;
+    if ((rc = points_prelude(r->sb, &pack->points, err)) != 0)
         goto fail;
     if ((rc = loyd_sandbox_freeze(r->sb, err)) != 0)
         goto fail;
@@ -201,7 +245,7 @@ static const struct effect_spec effect_specs[] = {
       {"birthday", F_BOOL, false}}},
     {"note", {{"text", F_STR, true}}},
     {"task", {{"title", F_STR, true}, {"text", F_STR, false}, {"due_in_days", F_INT, false}}},
-    {"set_field", {{"name", F_STR, true}, {"value", F_ANY, true}}},
+    {"set_field", {{"name", F_STR, true}, {"value", F_ANY, true}, {"crm", F_BOOL, false}}},
 };
 
 static const char *const effect_kinds[] = {"award", "redeem", "reverse", "set_tier",
@@ -866,6 +910,9 @@ static int apply_effect(struct eval *ev, json_t *e, const char *file, struct loy
         json_object_set_new(ev->member_upd, "attributes", attrs);
     }
     json_object_set(attrs, name, json_object_get(e, "value"));
+    /* crm = false: the pack's own bookkeeping, which has no place on a manager's card. */
+    if (json_is_false(json_object_get(e, "crm")))
+        return 0;
     json_object_set(ev->fields, name, json_object_get(e, "value"));
     ev->fields_changed = true;
     return 0;
@@ -996,8 +1043,12 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
     int64_t expired = 0;
     if ((rc = loyd_ledger_expire(&ev.lg, ev.at, ev.rows, &expired, &err)) != 0)
         goto fail;
-    if (expired > 0)
-        note(&ev, "host: %lld points expired", (long long)expired);
+    if (expired > 0) {
+        char shown[64];
+        loyd_points_format(expired, &r->pack->points, LOYD_POINTS_GROUP | LOYD_POINTS_UNIT,
+                           shown, sizeof(shown));
+        note(&ev, "host: %s expired (%lld ledger units)", shown, (long long)expired);
+    }
     struct loyd_spend sp;
     if ((rc = loyd_ledger_spend(in->purchases, ev.at, &sp, &err)) != 0)
         goto fail;

@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "log.h"
+#include "lua_pattern.h"
 #include "luajson.h"
 
 #define LOYD_LUA_HOOK_EVERY 1000
@@ -41,6 +42,7 @@ struct budget {
     size_t cap;
     uint64_t deadline_ns;
     uint64_t ticks, max_ticks; /* one tick = LOYD_LUA_HOOK_EVERY instructions */
+    uint64_t pattern_steps;    /* pattern-matching steps not yet counted as a tick */
     enum kill_reason killed;
 };
 
@@ -90,14 +92,17 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
-static void sandbox_hook(lua_State *L, lua_Debug *ar)
+static void sandbox_hook(lua_State *L, lua_Debug *ar);
+
+/* Adds @p ticks to the CPU budget; raises once it is spent, and on every use after that. */
+static void budget_spend(lua_State *L, uint64_t ticks)
 {
     struct loyd_sandbox *sb = loyd_sandbox_from_lua(L);
     struct budget *b = &sb->b;
 
-    (void)ar;
     if (b->killed == KILL_NONE) {
-        if (++b->ticks < b->max_ticks && uv_hrtime() < b->deadline_ns)
+        b->ticks += ticks;
+        if (b->ticks < b->max_ticks && uv_hrtime() < b->deadline_ns)
             return;
         b->killed = b->ticks >= b->max_ticks ? KILL_INSTRUCTIONS : KILL_WALL;
         /* From now on every instruction raises, so a rule's pcall cannot swallow the kill
@@ -108,12 +113,37 @@ static void sandbox_hook(lua_State *L, lua_Debug *ar)
                b->killed == KILL_INSTRUCTIONS ? "instructions" : "wall clock");
 }
 
+static void sandbox_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    budget_spend(L, 1);
+}
+
+/*
+ * The pattern matcher's meter (lua_pattern.c): a match runs in C where the hook never fires,
+ * so it reports its steps here and they count as instructions.  Raising from inside the match
+ * sets the same sticky kill as the hook, so the rule's pcall cannot swallow it either.
+ */
+static void pattern_charge(lua_State *L, uint64_t steps)
+{
+    struct budget *b = &loyd_sandbox_from_lua(L)->b;
+
+    b->pattern_steps += steps;
+    uint64_t ticks = b->pattern_steps / LOYD_LUA_HOOK_EVERY;
+    b->pattern_steps %= LOYD_LUA_HOOK_EVERY;
+    if (ticks != 0 || b->killed != KILL_NONE)
+        budget_spend(L, ticks);
+}
+
+static const struct loyd_pattern_meter pattern_meter = {.charge = pattern_charge};
+
 static void budget_start(struct loyd_sandbox *sb)
 {
     struct budget *b = &sb->b;
 
     b->killed = KILL_NONE;
     b->ticks = 0;
+    b->pattern_steps = 0;
     b->max_ticks = (sb->lim.instructions + LOYD_LUA_HOOK_EVERY - 1) / LOYD_LUA_HOOK_EVERY;
     b->deadline_ns = uv_hrtime() + sb->lim.wall_ms * 1000000u;
     b->limit = b->cap;
@@ -666,6 +696,7 @@ static int l_setup(lua_State *L)
     lua_getfield(L, g, LUA_STRLIBNAME);
     set_nil(L, -1, "dump");
     wrap(L, lua_gettop(L), "rep", l_string_rep);
+    loyd_pattern_install(L, -1, &pattern_meter); /* find, match, gmatch, gsub */
     lua_pop(L, 1);
     lua_getfield(L, g, LUA_TABLIBNAME);
     wrap(L, lua_gettop(L), "move", l_table_move);

@@ -9,7 +9,8 @@
  * What rules see: base (minus dofile/loadfile/load/collectgarbage/rawset/rawget/warn; no __gc
  * in setmetatable; xpcall calls its handler after unwinding, so the handler stays under the
  * hook; next/pairs see through read-only proxies), table (move capped), string (minus dump,
- * rep capped), math (random seeded per call, no randomseed), utf8, and a
+ * rep capped, find/match/gmatch/gsub metered: lua_pattern.h), math (random seeded per call,
+ * no randomseed), utf8, and a
  * `loyd` table: log, now, today, date_add_days, days_between, null/json_null, array, is_array,
  * keys (sorted: pairs order is not reproducible), json_encode, json_decode, plus whatever the
  * rule engine adds with loyd_sandbox_define() or loyd_sandbox_prelude().  print is routed to
@@ -20,9 +21,10 @@
  * The first load freezes implicitly.  All functions: loop thread only (one thread at a time per
  * sandbox; different sandboxes are independent).
  *
- * Known limit: one C call (string.find/match/gsub with a pattern like ".-.-.-x" on a long
- * subject) runs without hooks and can exceed the wall budget on its own; only a loop of such
- * calls is stopped.  Module upvalues persist between calls of one sandbox (per-tenant state).
+ * Pattern matching runs in C where the count hook never fires, so the matcher counts its own
+ * steps as instructions and checks the wall clock with them (lua_pattern.c): a backtracking
+ * pattern on a long subject fails with LOYD_EBUDGET like any runaway rule.  Module upvalues
+ * persist between calls of one sandbox (per-tenant state).
  */
 #ifndef LOYD_SANDBOX_H
 #define LOYD_SANDBOX_H

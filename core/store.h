@@ -22,6 +22,7 @@
 #define LOYD_STORE_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -139,6 +140,8 @@ LOYD_MUST_CHECK int loyd_store_dead_letter(struct loyd_store *s, const char *ten
  * (lot_id: an existing lot of the same tenant and member).  An "adjust" may draw from a lot
  * (negative, lot_id set), give back to a lot (positive, lot_id set, e.g. a cancelled
  * redemption) or stand alone.  Ledger rows are immutable (the schema refuses UPDATE/DELETE).
+ * loyd_store_apply() checks these rules with loyd_ledger_entry_check() (ledger.h), the one
+ * definition the rule engine and `loyd test` use as well.
  */
 struct loyd_ledger_entry {
     const char *member_id; /* NULL: the apply's member_id */
@@ -279,6 +282,8 @@ LOYD_MUST_CHECK int loyd_store_members_list(struct loyd_store *s, const char *te
 LOYD_MUST_CHECK int loyd_store_depths(struct loyd_store *s, int64_t *inbox_pending,
                                       int64_t *outbox_pending, int64_t *dead_letters);
 
+struct loyd_ledger_query; /* below: reads for the command line */
+
 /* ---- Backend interface (store backends only; callers never look here) ---------------------- */
 
 /*
@@ -328,6 +333,12 @@ struct loyd_store_backend {
                           void *arg);
     int (*members_list)(struct loyd_store *s, const char *tenant, const char *after, size_t max,
                         json_t **out);
+    /* Read-only access for the command line (end of file). */
+    int (*open_readonly)(const char *target, struct loyd_store **out);
+    int (*kv_scan)(struct loyd_store *s, const char *tenant, const char *prefix,
+                   const char *after_key, size_t max, json_t **out);
+    int (*ledger_query)(struct loyd_store *s, const char *tenant, const struct loyd_ledger_query *q,
+                        size_t max, json_t **out);
 };
 
 struct loyd_store {
@@ -342,5 +353,49 @@ extern const struct loyd_store_backend loyd_store_backend_sqlite;
  */
 LOYD_MUST_CHECK int loyd__store_sqlite_open_schema(uv_loop_t *loop, const char *path,
                                                    const char *schema_sql, struct loyd_store **out);
+
+/* ---- Read-only access for the command line (`loyd member`, `loyd ledger`) -------------------- */
+
+/*
+ * These run beside a daemon that may be writing the same store: WAL readers see the last
+ * committed state and never block the writer, or get blocked by it.
+ */
+
+/**
+ * Opens an EXISTING store named by @url (same forms as loyd_store_open) for reading only: no
+ * writer, no migration, the connection opened read-only and query_only.  Every write submit on
+ * it returns -ECANCELED; loyd_store_close() must not be called: release it with
+ * loyd_store_destroy() alone.  Blocks.
+ * @return 0 and *out; -ENOENT (no such file: nothing is created); -EINVAL, -ENOTSUP (URL);
+ *         LOYD_EDB (not a loyd store, or its schema version is not the one this loyd writes:
+ *         logged with both versions).
+ */
+LOYD_MUST_CHECK int loyd_store_open_readonly(const char *url, struct loyd_store **out);
+
+/**
+ * Key/value rows of @tenant whose key starts with @prefix and is greater than @after_key (NULL
+ * or "": from the start of the prefix), ordered by key, at most @max: a new array of
+ * {"key","value"} (value as stored text).  Callers page with the last key they got.
+ */
+LOYD_MUST_CHECK int loyd_store_kv_scan(struct loyd_store *s, const char *tenant, const char *prefix,
+                                       const char *after_key, size_t max, json_t **out);
+
+/** Which ledger rows loyd_store_ledger_query() returns. */
+struct loyd_ledger_query {
+    const char *member_id; /* NULL: every member of the tenant */
+    uint64_t since_ms;     /* created_ms >= this (0: any) */
+    int64_t after_id;      /* id > this (0: any) */
+    int64_t before_id;     /* id < this (0: any) */
+    bool newest_first;     /* descending id order: the newest @max rows */
+};
+
+/**
+ * Ledger rows of @tenant (row objects as for loyd_store_ledger_list, plus "campaign") matching
+ * @q, in ascending id order (descending with newest_first), at most @max (capped by the
+ * backend; page with after_id / before_id).
+ */
+LOYD_MUST_CHECK int loyd_store_ledger_query(struct loyd_store *s, const char *tenant,
+                                            const struct loyd_ledger_query *q, size_t max,
+                                            json_t **out);
 
 #endif

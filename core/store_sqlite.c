@@ -38,6 +38,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ledger.h"
 #include "log.h"
 #include "util.h"
 
@@ -1711,6 +1712,162 @@ static int sq_depths(struct loyd_store *base, int64_t *inbox_pending, int64_t *o
     return err;
 }
 
+/* ---- Read-only access for the command line (see the end of store.h) ------------------------- */
+
+/* An operator's command may wait a while for a peer's WAL recovery; it is not the loop thread. */
+#define READONLY_BUSY_MS 5000
+
+/* The schema version this loyd writes: the last "-- migration N" section of @schema. */
+static int schema_version_of(const char *schema)
+{
+    int n = 0, v;
+    for (const char *p = schema; *p != '\0';) {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol != NULL ? (size_t)(eol - p) : strlen(p);
+        if (parse_marker(p, len, &v))
+            n = v;
+        p = eol != NULL ? eol + 1 : p + len;
+    }
+    return n;
+}
+
+static int sq_open_readonly(const char *path, struct loyd_store **out)
+{
+    struct sq_store *s;
+    char buf[32];
+    int err, rc, flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
+#ifdef SQLITE_OPEN_EXRESCODE
+    flags |= SQLITE_OPEN_EXRESCODE;
+#endif
+
+    *out = NULL;
+    if (path[0] == '\0' || strcmp(path, ":memory:") == 0)
+        return -EINVAL;
+    /* SQLite would only say "unable to open": the caller wants to tell a missing file apart. */
+    if (access(path, F_OK) != 0)
+        return -errno;
+    s = loyd_xcalloc(1, sizeof(*s));
+    s->base.be = &loyd_store_backend_sqlite;
+    s->path = loyd_xstrdup(path);
+    s->q_tail = &s->q_head;
+    s->state = SQ_CLOSED; /* no writer: every submit is refused (enqueue) */
+
+    /* Read-only, not read-write + query_only alone: this process can change nothing in the
+     * file, whatever is called on it.  WAL readers still share the -shm index with the daemon. */
+    rc = sqlite3_open_v2(path, &s->rdb, flags, NULL);
+    if (rc != SQLITE_OK) {
+        loyd_log_err(DB, "open %s: %s", path,
+                     s->rdb != NULL ? sqlite3_errmsg(s->rdb) : sqlite3_errstr(rc));
+        err = LOYD_EDB;
+        goto fail;
+    }
+    sqlite3_extended_result_codes(s->rdb, 1);
+    sqlite3_busy_timeout(s->rdb, READONLY_BUSY_MS);
+    sqlite3_db_config(s->rdb, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+    if ((err = exec_sql(s->rdb, "PRAGMA query_only = ON")) != 0)
+        goto fail;
+    if ((err = pragma_text(s->rdb, "PRAGMA user_version", buf, sizeof(buf))) != 0)
+        goto fail;
+    long have = strtol(buf, NULL, 10);
+    int want = schema_version_of(loyd_db_schema_sql);
+    if (have != want) {
+        /* Reading it anyway could show a half-migrated picture or fail on a missing column. */
+        if (have == 0)
+            loyd_log_err(DB, "%s: not a loyd store (no schema version)", path);
+        else if (have < want)
+            loyd_log_err(DB,
+                         "%s: schema version %ld is older than this loyd's (%d); run this "
+                         "loyd's `loyd serve` once to migrate it",
+                         path, have, want);
+        else
+            loyd_log_err(DB,
+                         "%s: schema version %ld is newer than this loyd knows (%d); use the "
+                         "loyd that wrote it",
+                         path, have, want);
+        err = LOYD_EDB;
+        goto fail;
+    }
+    *out = &s->base;
+    return 0;
+fail:
+    sq_destroy(&s->base);
+    return err;
+}
+
+/* The smallest string greater than every string starting with @prefix, or NULL (none). */
+static char *prefix_end(const char *prefix)
+{
+    size_t n = strlen(prefix);
+    while (n > 0 && (unsigned char)prefix[n - 1] == 0xff)
+        n--;
+    if (n == 0)
+        return NULL;
+    char *end = loyd_xstrndup(prefix, n);
+    end[n - 1] = (char)((unsigned char)end[n - 1] + 1);
+    return end;
+}
+
+static int sq_kv_scan(struct loyd_store *base, const char *tenant, const char *prefix,
+                      const char *after_key, size_t max, json_t **out)
+{
+    static const struct col cols[] = {{"key", C_TEXT}, {"value", C_TEXT}};
+    static const char sql[] = "SELECT key, value FROM kv WHERE tenant = ?1 AND key >= ?2 "
+                              "AND key > ?3 AND (?4 IS NULL OR key < ?4) ORDER BY key LIMIT ?5";
+    struct sq_store *s = SQ(base);
+    sqlite3_stmt *st = NULL;
+    char *end;
+    int rc;
+
+    if (s->rdb == NULL)
+        return -ECANCELED;
+    /* Not cached: the command line runs it a few times per process. */
+    if ((rc = sqlite3_prepare_v2(s->rdb, sql, -1, &st, NULL)) != SQLITE_OK)
+        return db_error(s->rdb, rc, sql);
+    end = prefix_end(prefix);
+    bind_text(st, 1, tenant);
+    bind_text(st, 2, prefix);
+    bind_text(st, 3, after_key != NULL ? after_key : "");
+    bind_text(st, 4, end);
+    bind_i64(st, 5, clamp_max(max));
+    int err = read_rows(s, st, cols, LOYD_ARRAY_SIZE(cols), out);
+    sqlite3_finalize(st);
+    free(end);
+    return err;
+}
+
+static int sq_ledger_query(struct loyd_store *base, const char *tenant,
+                           const struct loyd_ledger_query *q, size_t max, json_t **out)
+{
+    struct sq_store *s = SQ(base);
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (s->rdb == NULL)
+        return -ECANCELED;
+    /* Four shapes, so that a member's rows come from the (tenant, member_id, id) index. */
+    char *sql = loyd_xasprintf("SELECT " LEDGER_COLS " FROM ledger WHERE tenant = ?1 "
+                               "AND created_ms >= ?2 AND id > ?3 AND id < ?4%s "
+                               "ORDER BY id%s LIMIT ?6",
+                               q->member_id != NULL ? " AND member_id = ?5" : "",
+                               q->newest_first ? " DESC" : "");
+    if ((rc = sqlite3_prepare_v2(s->rdb, sql, -1, &st, NULL)) != SQLITE_OK) {
+        int err = db_error(s->rdb, rc, sql);
+        free(sql);
+        return err;
+    }
+    free(sql);
+    bind_text(st, 1, tenant);
+    bind_ms(st, 2, q->since_ms);
+    bind_i64(st, 3, q->after_id > 0 ? q->after_id : 0);
+    bind_i64(st, 4, q->before_id > 0 ? q->before_id : INT64_MAX);
+    if (q->member_id != NULL)
+        bind_text(st, 5, q->member_id);
+    bind_i64(st, 6, clamp_max(max));
+    int err = read_rows(s, st, ledger_cols, LEDGER_ROW_COLS, out);
+    sqlite3_finalize(st);
+    return err;
+}
+
 const struct loyd_store_backend loyd_store_backend_sqlite = {
     .name = "sqlite",
     .open = sq_open,
@@ -1738,6 +1895,9 @@ const struct loyd_store_backend loyd_store_backend_sqlite = {
     .members_list = sq_members_list,
     .outbox_finish = sq_outbox_finish,
     .depths = sq_depths,
+    .open_readonly = sq_open_readonly,
+    .kv_scan = sq_kv_scan,
+    .ledger_query = sq_ledger_query,
 };
 
 /* ---- Front end: backend selection and argument checks (backend-neutral) --------------------- */
@@ -1871,21 +2031,14 @@ int loyd_store_dead_letter(struct loyd_store *s, const char *tenant, const char 
     return s->be->dead_letter(s, tenant, kind, ref, payload, error, cb, arg);
 }
 
-/* The sign rules of the ledger (store.h), checked before anything is queued. */
-static bool ledger_entry_ok(const struct loyd_apply *a, const struct loyd_ledger_entry *e)
+/* The kind, sign and lot rules of ledger rows (one definition, ledger.h) and a member, checked
+ * before anything is queued.  @return NULL or what is wrong. */
+static const char *ledger_entry_refusal(const struct loyd_apply *a,
+                                        const struct loyd_ledger_entry *e)
 {
     if (!nonempty(e->member_id) && !nonempty(a->member_id))
-        return false;
-    if (e->points == 0 || e->kind == NULL)
-        return false;
-    if (strcmp(e->kind, "award") == 0)
-        return e->points > 0 && e->lot_id == 0;
-    if (strcmp(e->kind, "redeem") == 0 || strcmp(e->kind, "expire") == 0 ||
-        strcmp(e->kind, "reverse") == 0)
-        return e->points < 0 && e->lot_id > 0;
-    if (strcmp(e->kind, "adjust") == 0)
-        return e->lot_id >= 0;
-    return false;
+        return "it names no member (neither the row nor the apply)";
+    return loyd_ledger_entry_check(e->kind, e->points, e->lot_id);
 }
 
 int loyd_store_apply(struct loyd_store *s, const struct loyd_apply *a, loyd_store_cb cb, void *arg)
@@ -1896,9 +2049,12 @@ int loyd_store_apply(struct loyd_store *s, const struct loyd_apply *a, loyd_stor
         (a->member_id != NULL && a->member_id[0] == '\0'))
         return -EINVAL;
     for (size_t i = 0; i < a->n_ledger; i++) {
-        if (!ledger_entry_ok(a, &a->ledger[i])) {
-            loyd_log_warn(DB, "apply %s: ledger entry %zu refused (kind, sign, lot or member)",
-                          a->event_key, i);
+        const struct loyd_ledger_entry *e = &a->ledger[i];
+        const char *why = ledger_entry_refusal(a, e);
+        if (why != NULL) {
+            loyd_log_err(DB, "tenant=%s apply %s: ledger entry %zu (%s, %" PRId64 " points, lot %"
+                         PRId64 ") refused: %s", a->tenant, a->event_key, i,
+                         e->kind != NULL ? e->kind : "no kind", e->points, e->lot_id, why);
             return -EINVAL;
         }
     }
@@ -1999,4 +2155,65 @@ int loyd_store_depths(struct loyd_store *s, int64_t *inbox_pending, int64_t *out
                       int64_t *dead_letters)
 {
     return s->be->depths(s, inbox_pending, outbox_pending, dead_letters);
+}
+
+/* ---- Front end: read-only access for the command line ------------------------------------- */
+
+int loyd_store_open_readonly(const char *url, struct loyd_store **out)
+{
+    const struct loyd_store_backend *be = &loyd_store_backend_sqlite;
+    const char *target = url;
+
+    if (out == NULL)
+        return -EINVAL;
+    *out = NULL;
+    if (url == NULL)
+        return -EINVAL;
+    /* The same URL forms as loyd_store_open(). */
+    for (size_t i = 0; i < LOYD_ARRAY_SIZE(store_schemes); i++) {
+        size_t n = strlen(store_schemes[i].prefix);
+        if (strncmp(url, store_schemes[i].prefix, n) != 0)
+            continue;
+        if (store_schemes[i].be == NULL) {
+            loyd_log_err(DB,
+                         "store URL %.*s...: the PostgreSQL backend is not available in this "
+                         "build; use sqlite:PATH",
+                         (int)n, url);
+            return -ENOTSUP;
+        }
+        be = store_schemes[i].be;
+        target = url + n;
+        break;
+    }
+    if (target == url && strstr(url, "://") != NULL) {
+        const char *sep = strstr(url, "://");
+        loyd_log_err(DB, "store URL: unknown scheme \"%.*s\" (sqlite:PATH or a file path)",
+                     (int)(sep - url > 32 ? 32 : sep - url), url);
+        return -EINVAL;
+    }
+    if (be->open_readonly == NULL)
+        return -ENOTSUP;
+    return be->open_readonly(target, out);
+}
+
+int loyd_store_kv_scan(struct loyd_store *s, const char *tenant, const char *prefix,
+                       const char *after_key, size_t max, json_t **out)
+{
+    *out = NULL;
+    if (!nonempty(tenant) || prefix == NULL)
+        return -EINVAL;
+    if (s->be->kv_scan == NULL)
+        return -ENOTSUP;
+    return s->be->kv_scan(s, tenant, prefix, after_key, max, out);
+}
+
+int loyd_store_ledger_query(struct loyd_store *s, const char *tenant,
+                            const struct loyd_ledger_query *q, size_t max, json_t **out)
+{
+    *out = NULL;
+    if (!nonempty(tenant) || q == NULL || (q->member_id != NULL && q->member_id[0] == '\0'))
+        return -EINVAL;
+    if (s->be->ledger_query == NULL)
+        return -ENOTSUP;
+    return s->be->ledger_query(s, tenant, q, max, out);
 }

@@ -10,9 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "civil_date.h"
 #include "derive.h"
 #include "ledger.h"
 #include "log.h"
+#include "sha256.h"
 
 #define FIRST_RETRY_MS 250
 #define MEMBERS_PAGE 200
@@ -73,6 +75,7 @@ struct loyd_worker {
     uint64_t sync_since;
     uint64_t sweep_started, next_sweep;
     bool sync_more;
+    bool caught_up; /* the catch-up sweep after a start has begun (or is not needed) */
     /* Daily jobs. */
     char sched_day[11];
     char *sched_after;
@@ -93,6 +96,7 @@ struct loyd_worker {
 
 static void pump(struct loyd_worker *w);
 static void wpump(struct loyd_worker *w);
+static void write_release(struct loyd_worker *w);
 static void unit_step(struct loyd_worker *w);
 
 static uint64_t now_ms(struct loyd_worker *w)
@@ -117,6 +121,54 @@ static uint64_t next_wait(uint64_t cur, uint64_t max)
 }
 
 /* Transient CRM failures: worth another try later. */
+/* The pack's point unit: what people type into and read from the CRM card. */
+static const struct loyd_points_unit *unit_of(struct loyd_worker *w)
+{
+    return loyd_engine_points_unit(w->env.engine);
+}
+
+/*
+ * Ledger units of a points value as the CRM card shows it (a number or a string: "455",
+ * "12.5", "455.00").  @return false when it is not a number of points.
+ */
+static bool card_points(struct loyd_worker *w, const json_t *v, int64_t *out)
+{
+    char text[64];
+    if (json_is_integer(v)) {
+        snprintf(text, sizeof(text), "%" PRId64, (int64_t)json_integer_value(v));
+    } else if (json_is_real(v)) {
+        snprintf(text, sizeof(text), "%.*f", (int)unit_of(w)->decimals, json_real_value(v));
+    } else if (json_is_string(v)) {
+        return loyd_points_parse(json_string_value(v), unit_of(w), out);
+    } else {
+        return false;
+    }
+    return loyd_points_parse(text, unit_of(w), out);
+}
+
+/*
+ * A snapshot with the points a person typed on the card turned into ledger units (a deal's
+ * redeem_points), so that rules, derive and the stored state only ever see ledger units.
+ * @return new reference.
+ */
+static json_t *snapshot_in_units(struct loyd_worker *w, const json_t *snap)
+{
+    json_t *s = json_deep_copy(snap);
+    json_t *rv = json_object_get(s, "redeem_points");
+    int64_t units;
+    if (rv != NULL) {
+        if (card_points(w, rv, &units) && units >= 0) {
+            json_object_set_new(s, "redeem_points", json_integer(units));
+        } else {
+            loyd_log_warn(WORKER, "tenant=%s deal %s: the points to pay with are not a number of "
+                          "%s; ignored", w->tenant, sfield(s, "id") ? sfield(s, "id") : "?",
+                          unit_of(w)->unit);
+            json_object_del(s, "redeem_points");
+        }
+    }
+    return s;
+}
+
 static bool transient(int err)
 {
     return err == LOYD_ERATE || err == LOYD_EHTTP || err == LOYD_ETOKEN || err == -ETIMEDOUT ||
@@ -216,6 +268,7 @@ struct applying {
     struct loyd_worker *w;
     json_t *event;
     char *state_key, *state_text; /* stored anyway when a rule fails */
+    bool engine; /* submitted through the engine: its -EINVAL comes with a dead letter */
 };
 
 static void on_applied(void *arg, int err)
@@ -229,12 +282,17 @@ static void on_applied(void *arg, int err)
         w->stats.events_duplicate++;
     else if (rule_failure(err))
         w->stats.events_failed++;
+    bool refused = err == -EINVAL && a->engine;
+    if (refused)
+        w->stats.events_refused++;
     if (w->observer.event != NULL)
         w->observer.event(w->observer.arg, w->tenant, a->event, err);
-    if (rule_failure(err)) {
-        /* The event is a dead letter now; the entity did move on in the CRM. */
-        loyd_log_warn(WORKER, "tenant=%s event %s failed in the rules (dead letter): %s",
-                      w->tenant, sfield(a->event, "key"), loyd_strerror(err));
+    if (rule_failure(err) || refused) {
+        /* The event is a dead letter now; the entity did move on in the CRM.  A refused event
+         * (-EINVAL) had its reason logged at error level by the engine. */
+        if (!refused)
+            loyd_log_warn(WORKER, "tenant=%s event %s failed in the rules (dead letter): %s",
+                          w->tenant, sfield(a->event, "key"), loyd_strerror(err));
         err = 0;
         if (a->state_key != NULL) {
             int rc = loyd_store_kv_put(w->env.store, w->tenant, a->state_key, a->state_text,
@@ -263,6 +321,31 @@ static void on_applied(void *arg, int err)
     unit_continue(w, err);
 }
 
+/* The dead letter of an event the engine refused is stored: its state moves on. */
+static void on_refused_stored(void *arg, int err)
+{
+    struct applying *a = arg;
+    struct loyd_worker *w = a->w;
+    int rc = err;
+
+    if (err == 0 && a->state_key != NULL) {
+        rc = loyd_store_kv_put(w->env.store, w->tenant, a->state_key, a->state_text,
+                               on_state_stored, w);
+        if (rc == 0) {
+            json_decref(a->event);
+            free(a->state_key);
+            free(a->state_text);
+            free(a);
+            return;
+        }
+    }
+    json_decref(a->event);
+    free(a->state_key);
+    free(a->state_text);
+    free(a);
+    unit_continue(w, rc);
+}
+
 /*
  * Submits @p ev to the engine.  @return 1 when a callback will continue the unit, 0 when the
  * item is finished (nothing to apply), or a negative store error.
@@ -285,6 +368,7 @@ static int apply_event(struct loyd_worker *w, const json_t *ev, const char *stat
     a->event = json_incref((json_t *)ev);
     a->state_key = state_key ? loyd_xstrdup(state_key) : NULL;
     a->state_text = state_text ? loyd_xstrdup(state_text) : NULL;
+    a->engine = true;
     rc = loyd_engine_process_state(w->env.engine, w->env.store, ev, 0, state_key, state_text,
                                    on_applied, a);
     if (rc == 0)
@@ -293,14 +377,38 @@ static int apply_event(struct loyd_worker *w, const json_t *ev, const char *stat
     free(a->state_key);
     free(a->state_text);
     free(a);
-    if (rc == -EINVAL) {
-        /* Not applicable (no member, say): the state still moves on. */
+    if (rc == -EINVAL && loyd_engine_event_member(ev) == NULL) {
+        /* A deal without a contact, say: nobody to apply it to.  The state still moves on. */
+        w->stats.events_skipped++;
         loyd_log_info(WORKER, "tenant=%s event %s skipped: it names no member", w->tenant,
                       sfield(ev, "key"));
         if (state_key == NULL)
             return 0;
         rc = loyd_store_kv_put(w->env.store, w->tenant, state_key, state_text, on_state_stored, w);
         return rc == 0 ? 1 : rc;
+    }
+    if (rc == -EINVAL) {
+        /* Not an event the engine takes (no key, a type it does not know): a dead letter, so
+         * that it is seen, and the state moves on like after any other refusal. */
+        const char *why = "the engine refused the event (no key, or not a canonical event type)";
+        char *text = json_dumps(ev, JSON_COMPACT);
+        w->stats.events_refused++;
+        loyd_log_err(WORKER, "tenant=%s event %s refused (dead letter): %s", w->tenant,
+                     sfield(ev, "key") ? sfield(ev, "key") : "(no key)", why);
+        a = loyd_xcalloc(1, sizeof(*a));
+        a->w = w;
+        a->event = json_incref((json_t *)ev);
+        a->state_key = state_key ? loyd_xstrdup(state_key) : NULL;
+        a->state_text = state_text ? loyd_xstrdup(state_text) : NULL;
+        rc = loyd_store_dead_letter(w->env.store, w->tenant, "event", sfield(ev, "key"), text, why,
+                                    on_refused_stored, a);
+        free(text);
+        if (rc == 0)
+            return 1;
+        json_decref(a->event);
+        free(a->state_key);
+        free(a->state_text);
+        free(a);
     }
     return rc;
 }
@@ -331,7 +439,9 @@ static int learn_contact(struct loyd_worker *w, const json_t *snap, const char *
         json_object_set(profile, "birthday", json_object_get(snap, "birthday"));
     if (json_is_string(json_object_get(snap, "name")))
         json_object_set(profile, "name", json_object_get(snap, "name"));
-    int64_t card = ifield(json_object_get(snap, "fields"), "balance");
+    int64_t card = 0;
+    if (!card_points(w, json_object_get(json_object_get(snap, "fields"), "balance"), &card))
+        card = 0;
     bool open_lot = card > 0 && json_array_size(rows) == 0;
     if (open_lot)
         opening = (struct loyd_ledger_entry){.points = card,
@@ -372,6 +482,229 @@ static int learn_contact(struct loyd_worker *w, const json_t *snap, const char *
     return rc == 0 ? 1 : rc;
 }
 
+static json_t *written_get(struct loyd_worker *w, const char *contact);
+
+static char *written_key(const char *contact);
+
+static void on_written_cleared(void *arg, int err)
+{
+    struct loyd_worker *w = arg;
+    if (err != 0)
+        loyd_log_err(WORKER, "tenant=%s CRM field record not stored: %s", w->tenant,
+                     loyd_strerror(err));
+    w->finishing--;
+    if (w->writing)
+        write_release(w);
+    else if (w->closing)
+        maybe_closed(w);
+}
+
+static void written_forget_repair(struct loyd_worker *w, const char *contact, json_t *written)
+{
+    json_object_del(written, "~repaired");
+    char *key = written_key(contact), *text = json_dumps(written, JSON_COMPACT | JSON_SORT_KEYS);
+    w->finishing++;
+    if (loyd_store_kv_put(w->env.store, w->tenant, key, text, on_written_cleared, w) != 0)
+        w->finishing--;
+    free(text);
+    free(key);
+}
+
+/* How many earlier values of each field loyd remembers having written (see written_store). */
+#define WRITTEN_HISTORY 4
+
+static bool same_on_card(struct loyd_worker *w, const char *field, const json_t *x,
+                         const json_t *y)
+{
+    int64_t a, b;
+    if (strcmp(field, "balance") == 0)
+        return card_points(w, x, &a) && card_points(w, y, &b) && a == b;
+    return json_equal(x, y);
+}
+
+/* Whether @p card (as the CRM shows it) is what loyd wrote into @p field last or lately: the
+ * card waits for a write still queued, or a read raced loyd's newer write.  Not a hand edit. */
+static bool written_lately(struct loyd_worker *w, const json_t *written, const char *field,
+                           const json_t *card)
+{
+    const json_t *hist = json_object_get(json_object_get(written, "~hist"), field), *v;
+    size_t i;
+    if (same_on_card(w, field, json_object_get(written, field), card))
+        return true;
+    json_array_foreach(hist, i, v)
+    {
+        if (same_on_card(w, field, v, card))
+            return true;
+    }
+    return false;
+}
+
+/*
+ * The ledger is the truth: a loyd field on the card (balance, tier) that someone changed by
+ * hand, or that drifted, is put back, with a note on the timeline that says so.  Only fields
+ * loyd has written before are checked, a value loyd itself wrote lately is a stale read and
+ * not an edit, and a value loyd already put back once is not fought over again (a field that
+ * cannot hold it, say) but logged.
+ * @return 1 when a repair was submitted (its callback continues the unit), 0 when the card is
+ * right, or a negative store error.
+ */
+static int repair_fields(struct loyd_worker *w, const json_t *snap, const char *state_key,
+                         const char *state_text)
+{
+    const char *id = sfield(snap, "id");
+    const json_t *card = json_object_get(snap, "fields");
+    json_t *written, *m = NULL, *fix, *outbox_fix, *note;
+    struct loyd_buf what = {0};
+    int64_t ledger = 0;
+    int rc;
+
+    if (id == NULL || !json_is_object(card))
+        return 0;
+    written = written_get(w, id);
+    if (json_object_get(written, "balance") == NULL && json_object_get(written, "tier") == NULL) {
+        json_decref(written);
+        return 0; /* loyd never wrote this card: nothing of it is loyd's yet */
+    }
+    if ((rc = loyd_store_balance(w->env.store, w->tenant, id, &ledger)) != 0 ||
+        ((rc = loyd_store_member_get(w->env.store, w->tenant, id, &m)) != 0 && rc != -ENOENT)) {
+        json_decref(written);
+        return rc;
+    }
+    const json_t *repaired = json_object_get(written, "~repaired");
+    fix = json_object();
+    /* Balance: the card against the ledger, in the pack's unit. */
+    const json_t *cv = json_object_get(card, "balance");
+    int64_t shown = 0;
+    bool shown_ok = cv != NULL && card_points(w, cv, &shown);
+    if (json_object_get(written, "balance") != NULL && cv != NULL &&
+        (!shown_ok || shown != ledger) && !written_lately(w, written, "balance", cv)) {
+        char was[64], now[64];
+        json_t *truth = loyd_points_json(ledger, unit_of(w));
+        if (json_equal(json_object_get(repaired, "balance"), truth)) {
+            loyd_log_warn(WORKER, "tenant=%s contact %s: the balance field still shows %s after "
+                          "loyd put it back; is the field a number field?", w->tenant, id,
+                          json_is_string(cv) ? json_string_value(cv) : "a non-number");
+            json_decref(truth);
+        } else {
+            loyd_points_format(ledger, unit_of(w), LOYD_POINTS_GROUP | LOYD_POINTS_UNIT, now,
+                               sizeof(now));
+            if (shown_ok)
+                loyd_points_format(shown, unit_of(w), LOYD_POINTS_GROUP, was, sizeof(was));
+            else
+                snprintf(was, sizeof(was), "%s", json_is_string(cv) ? json_string_value(cv)
+                                                                    : "something not a number");
+            loyd_buf_printf(&what, "the balance was changed to %s; the ledger says %s", was, now);
+            /* In ledger units, as every write-back: outbox_item shows them as points. */
+            json_object_set_new(fix, "balance", json_integer(ledger));
+            json_decref(truth);
+        }
+    }
+    /* Tier: the card against the member's tier. */
+    const json_t *tier = json_object_get(json_object_get(m, "profile"), "tier");
+    const json_t *ct = json_object_get(card, "tier");
+    if (json_is_string(tier) && json_object_get(written, "tier") != NULL &&
+        !json_equal(ct, tier) && !(ct != NULL && written_lately(w, written, "tier", ct))) {
+        if (json_equal(json_object_get(repaired, "tier"), tier)) {
+            loyd_log_warn(WORKER, "tenant=%s contact %s: the tier field still differs after loyd "
+                          "put it back", w->tenant, id);
+        } else {
+            loyd_buf_printf(&what, "%sthe tier was changed to \"%s\"; the ledger says \"%s\"",
+                            what.len > 0 ? "; " : "",
+                            json_is_string(ct) ? json_string_value(ct) : "",
+                            json_string_value(tier));
+            json_object_set(fix, "tier", (json_t *)tier);
+        }
+    }
+    json_decref(m);
+    if (json_object_size(fix) == 0) {
+        /* The card shows again what loyd put back: a later edit may be repaired again. */
+        if (json_object_get(written, "~repaired") != NULL && shown_ok && shown == ledger)
+            written_forget_repair(w, id, written);
+        json_decref(fix);
+        json_decref(written);
+        loyd_buf_free(&what);
+        return 0;
+    }
+    size_t nfix = json_object_size(fix);
+    char *text = loyd_xasprintf("Loyalty fields on this card were changed outside loyd: %s. "
+                                "The ledger is what counts, so loyd put the card back.",
+                                what.data);
+    /* The key is the edit itself: its time and what the card showed, so an echo or a second
+     * look at the same edit repairs nothing twice, while a later edit is repaired again. */
+    char *card_text = json_dumps(card, JSON_COMPACT | JSON_SORT_KEYS);
+    uint8_t digest[LOYD_SHA256_LEN];
+    char hex[2 * LOYD_SHA256_LEN + 1];
+    loyd_sha256(card_text, strlen(card_text), digest);
+    loyd_hex(digest, 6, hex);
+    char *key = loyd_xasprintf("contact:%s:repaired:%" PRId64 ":%s", id,
+                               ifield(snap, "modified_at"), hex);
+    outbox_fix = json_pack("{s:s, s:o, s:b}", "op", "contact.fields", "fields", fix, "repair", 1);
+    note = json_pack("{s:s, s:s}", "op", "note", "text", text);
+    char *fix_text = json_dumps(outbox_fix, JSON_COMPACT);
+    char *note_text = json_dumps(note, JSON_COMPACT);
+    struct loyd_outbox_item out[2] = {{.payload_json = fix_text}, {.payload_json = note_text}};
+    struct applying *a = loyd_xcalloc(1, sizeof(*a));
+    a->w = w;
+    a->event = json_pack("{s:s, s:s, s:I, s:{s:s}}", "type", "contact.repaired", "key", key, "at",
+                         (json_int_t)now_ms(w), "contact", "id", id);
+    char *event_text = json_dumps(a->event, JSON_COMPACT);
+    struct loyd_apply ap = {
+        .tenant = w->tenant,
+        .event_key = key,
+        .event_type = "contact.repaired",
+        .event_json = event_text,
+        .member_id = id,
+        .outbox = out,
+        .n_outbox = 2,
+        .applied_ms = now_ms(w),
+        .state_key = state_key,
+        .state_json = state_text,
+    };
+    rc = loyd_store_apply(w->env.store, &ap, on_applied, a);
+    if (rc != 0) {
+        json_decref(a->event);
+        free(a);
+    } else {
+        w->stats.fields_repaired += nfix;
+        loyd_log_notice(WORKER, "tenant=%s contact %s: %s; putting the card back", w->tenant, id,
+                        what.data);
+    }
+    free(event_text);
+    free(fix_text);
+    free(note_text);
+    json_decref(outbox_fix);
+    json_decref(note);
+    free(key);
+    free(card_text);
+    free(text);
+    json_decref(written);
+    loyd_buf_free(&what);
+    return rc == 0 ? 1 : rc;
+}
+
+static bool birthday_on(const char *birthday, const char *today);
+
+/*
+ * A contact that appears, or whose birthday is set, on its birthday gets the offer that day:
+ * the daily job may have run already.  The birthday event follows the contact's own event in
+ * the unit (the member then exists); its key is the daily job's, so it is given once a year.
+ */
+static void birthday_follows(struct loyd_worker *w, const json_t *snap)
+{
+    char today[11];
+    const char *id = sfield(snap, "id"), *birthday = sfield(snap, "birthday");
+    if (id == NULL || birthday == NULL || !loyd_engine_handles(w->env.engine, "birthday"))
+        return;
+    loyd_date_format((int64_t)now_ms(w), loyd_engine_tz_offset_min(w->env.engine), today);
+    if (!birthday_on(birthday, today))
+        return;
+    char *key = loyd_xasprintf("birthday:%s:%.4s", id, today);
+    json_array_insert_new(w->unit.items, w->unit.i + 1,
+                          json_pack("{s:{s:s, s:s, s:I, s:{s:s}}}", "event", "type", "birthday",
+                                    "key", key, "at", (json_int_t)now_ms(w), "contact", "id", id));
+    free(key);
+}
+
 /* One snapshot: derive against the stored state, then apply or just store the state. */
 static int apply_snapshot(struct loyd_worker *w, const json_t *snap, const json_t *contact)
 {
@@ -388,11 +721,15 @@ static int apply_snapshot(struct loyd_worker *w, const json_t *snap, const json_
                       w->tenant);
         return 0;
     }
+    json_t *own = snapshot_in_units(w, snap);
+    snap = own;
     key = loyd_derive_state_key(kind, id);
     rc = loyd_store_kv_get(w->env.store, w->tenant, key, &prev_text);
     free(key);
-    if (rc != 0)
+    if (rc != 0) {
+        json_decref(own);
         return rc;
+    }
     if (prev_text != NULL)
         prev = json_loads(prev_text, 0, NULL);
     free(prev_text);
@@ -406,13 +743,19 @@ static int apply_snapshot(struct loyd_worker *w, const json_t *snap, const json_
         loyd_log_warn(WORKER, "tenant=%s %s", w->tenant, err.data ? err.data : "bad snapshot");
         loyd_buf_free(&err);
         json_decref(prev);
+        json_decref(own);
         return 0;
     }
     state_text = json_dumps(d.state, JSON_COMPACT | JSON_SORT_KEYS);
+    if (strcmp(kind, "contact") == 0 && (d.learned || d.event != NULL))
+        birthday_follows(w, snap);
     if (d.learned && strcmp(kind, "contact") == 0) {
         rc = learn_contact(w, snap, d.state_key, state_text);
     } else if (d.event != NULL) {
         rc = apply_event(w, d.event, d.state_key, state_text);
+    } else if (strcmp(kind, "contact") == 0 &&
+               (rc = repair_fields(w, snap, d.state_key, state_text)) != 0) {
+        /* submitted (1) or a store error */
     } else if (prev == NULL || !json_equal(prev, d.state)) {
         rc = loyd_store_kv_put(w->env.store, w->tenant, d.state_key, state_text, on_state_stored,
                                w);
@@ -423,6 +766,7 @@ static int apply_snapshot(struct loyd_worker *w, const json_t *snap, const json_
     free(state_text);
     loyd_derived_free(&d);
     json_decref(prev);
+    json_decref(own);
     return rc;
 }
 
@@ -777,6 +1121,7 @@ static bool sync_start(struct loyd_worker *w)
     bool initial_done = json_is_true(json_object_get(st, "done"));
     if (!initial_done && w->opts.sync_on_start) {
         w->sync_initial = true;
+        w->caught_up = true; /* the sync reads everything: nothing to catch up on after it */
         w->sync_entity = sfield(st, "entity") && strcmp(sfield(st, "entity"), "deal") == 0
                              ? "deal"
                              : "contact";
@@ -789,7 +1134,12 @@ static bool sync_start(struct loyd_worker *w)
     } else {
         uint64_t since = (uint64_t)ifield(st, "at");
         json_decref(st);
-        if (w->opts.sweep_interval_ms == 0 || now < w->next_sweep)
+        /* After any stop, clean or not, the CRM's webhooks of the downtime are lost (Bitrix24
+         * never retries one): read what changed since the last sweep at once instead of at
+         * the next interval, so a restart costs seconds, not minutes. */
+        bool catch_up = !w->caught_up && initial_done;
+        w->caught_up = true;
+        if (!catch_up && (w->opts.sweep_interval_ms == 0 || now < w->next_sweep))
             return false;
         text = NULL;
         if (loyd_store_kv_get(w->env.store, w->tenant, "sync:sweep", &text) != 0)
@@ -802,7 +1152,7 @@ static bool sync_start(struct loyd_worker *w)
         /* Never swept nor synced: look back one interval. */
         if (since == 0)
             since = now > w->opts.sweep_interval_ms ? now - w->opts.sweep_interval_ms : 0;
-        if (now < since + w->opts.sweep_interval_ms) {
+        if (!catch_up && now < since + w->opts.sweep_interval_ms) {
             w->next_sweep = since + w->opts.sweep_interval_ms;
             return false;
         }
@@ -813,8 +1163,14 @@ static bool sync_start(struct loyd_worker *w)
         w->sync_after = NULL;
         w->sync_since = since > SWEEP_MARGIN_MS ? since - SWEEP_MARGIN_MS : 0;
         w->sweep_started = now;
-        loyd_log_info(WORKER, "tenant=%s sweep: CRM changes since %" PRIu64, w->tenant,
-                      w->sync_since);
+        char when[40];
+        loyd_time_format((int64_t)w->sync_since, loyd_engine_tz_offset_min(w->env.engine), when);
+        w->stats.catchups += catch_up;
+        if (catch_up)
+            loyd_log_notice(WORKER, "tenant=%s catching up after the start: CRM changes since %s",
+                            w->tenant, when);
+        else
+            loyd_log_info(WORKER, "tenant=%s sweep: CRM changes since %s", w->tenant, when);
     }
     w->busy = true;
     w->job = JOB_SYNC;
@@ -1062,8 +1418,9 @@ static json_t *outbox_item(struct loyd_worker *w, const json_t *row, const char 
             *why = "deal.mark without a deal id and points";
             return NULL;
         }
-        return json_pack("{s:s, s:O, s:O}", "op", "deal.mark", "deal_id",
-                         json_object_get(p, "deal_id"), "awarded", json_object_get(p, "awarded"));
+        return json_pack("{s:s, s:O, s:o}", "op", "deal.mark", "deal_id",
+                         json_object_get(p, "deal_id"), "awarded",
+                         loyd_points_json(ifield(p, "awarded"), unit_of(w)));
     }
     if (member == NULL) {
         *why = "write-back without a member";
@@ -1089,13 +1446,19 @@ static json_t *outbox_item(struct loyd_worker *w, const json_t *row, const char 
         } else {
             fields = json_deep_copy(json_object_get(p, "fields"));
         }
+        bool repair = json_is_true(json_object_get(p, "repair"));
+        /* The card shows points as people count them; the ledger's units stay inside. */
+        if (json_is_integer(json_object_get(fields, "balance")))
+            json_object_set_new(fields, "balance",
+                                loyd_points_json(ifield(fields, "balance"), unit_of(w)));
         /* Changed fields only: what loyd wrote last is what the card shows. */
         json_t *written = written_get(w, member);
         const char *k;
         json_t *v, *tmp;
         json_object_foreach_safe(fields, tmp, k, v)
         {
-            if (json_equal(json_object_get(written, k), v))
+            /* A repair is sent anyway: the card no longer shows what loyd wrote. */
+            if (!repair && json_equal(json_object_get(written, k), v))
                 json_object_del(fields, k);
         }
         json_decref(written);
@@ -1105,6 +1468,8 @@ static json_t *outbox_item(struct loyd_worker *w, const json_t *row, const char 
         }
         item = json_pack("{s:s, s:s, s:o}", "op", "contact.fields", "contact_id", member,
                          "fields", fields);
+        if (repair)
+            json_object_set_new(item, "repair", json_true());
     } else if (strcmp(op, "note") == 0) {
         item = json_pack("{s:s, s:s, s:s, s:O}", "op", "note", "entity", "contact", "id", member,
                          "text", json_object_get(p, "text"));
@@ -1118,11 +1483,45 @@ static json_t *outbox_item(struct loyd_worker *w, const json_t *row, const char 
     return item;
 }
 
+/*
+ * Records what the card shows now that a write landed: the values, the few values each field
+ * held before (so a read that raced this write is not taken for a hand edit) and, for a
+ * repair, what was put back (so a field that cannot hold a value is not fought over).
+ */
 static void written_store(struct loyd_worker *w, const json_t *item)
 {
     const char *member = sfield(item, "contact_id");
-    json_t *written = written_get(w, member);
-    json_object_update(written, json_object_get(item, "fields"));
+    json_t *written = written_get(w, member), *fields = json_object_get(item, "fields");
+    json_t *hist = json_object_get(written, "~hist"), *v;
+    const char *k;
+    if (!json_is_object(hist)) {
+        hist = json_object();
+        json_object_set_new(written, "~hist", hist);
+    }
+    json_object_foreach(fields, k, v)
+    {
+        json_t *old = json_object_get(written, k), *h = json_object_get(hist, k);
+        if (old == NULL || json_equal(old, v))
+            continue;
+        if (!json_is_array(h)) {
+            h = json_array();
+            json_object_set_new(hist, k, h);
+        }
+        json_array_append(h, old);
+        while (json_array_size(h) > WRITTEN_HISTORY)
+            json_array_remove(h, 0);
+    }
+    if (json_is_true(json_object_get(item, "repair"))) {
+        json_t *rep = json_object_get(written, "~repaired");
+        if (!json_is_object(rep)) {
+            rep = json_object();
+            json_object_set_new(written, "~repaired", rep);
+        }
+        json_object_update(rep, fields);
+    } else {
+        json_object_del(written, "~repaired"); /* a new value: it may be put back again */
+    }
+    json_object_update(written, fields);
     char *key = written_key(member), *text = json_dumps(written, JSON_COMPACT | JSON_SORT_KEYS);
     w->finishing++;
     if (loyd_store_kv_put(w->env.store, w->tenant, key, text, on_outbox_finished, w) != 0)
@@ -1317,6 +1716,11 @@ void loyd_worker_kick(struct loyd_worker *w)
 void loyd_worker_set_observer(struct loyd_worker *w, const struct loyd_worker_observer *o)
 {
     w->observer = o != NULL ? *o : (struct loyd_worker_observer){0};
+}
+
+bool loyd_worker_writing(const struct loyd_worker *w)
+{
+    return w->writing || w->finishing > 0;
 }
 
 bool loyd_worker_idle(const struct loyd_worker *w)

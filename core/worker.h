@@ -62,9 +62,13 @@ struct loyd_worker_stats {
     uint64_t rows_done, rows_retried, rows_dead;     /* inbox rows */
     uint64_t snapshots, learned;                     /* snapshots seen, learned at sync */
     uint64_t events_applied, events_duplicate, events_failed;
+    uint64_t events_refused; /* not applicable as they are: dead letters with the reason */
+    uint64_t events_skipped; /* name no member: nothing to apply */
     uint64_t writes_done, writes_retried, writes_dead, writes_skipped; /* outbox items */
     uint64_t write_calls;                            /* connector write() calls */
     uint64_t sync_pages, sweeps, scheduler_days;
+    uint64_t catchups;                               /* sweeps at once after a start */
+    uint64_t fields_repaired;                        /* loyd's CRM fields put back */
 };
 
 struct loyd_worker_env {
@@ -86,6 +90,8 @@ struct loyd_worker *loyd_worker_create(const struct loyd_worker_env *env,
  */
 void loyd_worker_kick(struct loyd_worker *w);
 void loyd_worker_set_observer(struct loyd_worker *w, const struct loyd_worker_observer *o);
+/** A write-back call is in flight, or its results are not stored yet. */
+bool loyd_worker_writing(const struct loyd_worker *w);
 /** No work in flight in either lane (stored work may still wait). */
 bool loyd_worker_idle(const struct loyd_worker *w);
 void loyd_worker_stats(const struct loyd_worker *w, struct loyd_worker_stats *out);

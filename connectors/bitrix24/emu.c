@@ -814,6 +814,13 @@ static void run_method(struct b24_call *c, const struct method *m, const json_t 
 
     count_call(e, m->name);
     *op_out = NULL;
+    if (e->fault_429_left > 0 && strcmp(m->name, e->fault_429_method) == 0) {
+        /* The "429" fault: refused as the cloud does, without operating figures (b24jssdk's
+         * RestrictionManager: "errors do not carry the operation timings"). */
+        e->fault_429_left--;
+        b24_fail(c, 429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.");
+        return;
+    }
     if (!charge) {
         m->fn(c, p);
         return;
@@ -1276,7 +1283,21 @@ static void emu_control(struct b24_call *c, const char *name, const json_t *p)
             free(e->moved_to);
             e->moved_to = b24_strdup(to);
             b24_ok(c, json_true());
+        } else if (strcmp(mode, "429") == 0) {
+            const char *method = json_string_value(json_object_get(p, "method"));
+            if (method == NULL || *method == '\0' ||
+                strlen(method) >= sizeof(e->fault_429_method) ||
+                !b24_int(json_object_get(p, "count"), &x) || x < 0 || x > 100000) {
+                b24_fail(c, 400, "INVALID_ARG_VALUE", "429 needs method and count 0..100000");
+                return;
+            }
+            snprintf(e->fault_429_method, sizeof(e->fault_429_method), "%s", method);
+            for (char *q = e->fault_429_method; *q; q++)
+                *q = (char)tolower((unsigned char)*q);
+            e->fault_429_left = (uint32_t)x;
+            b24_ok(c, json_true());
         } else if (strcmp(mode, "none") == 0) {
+            e->fault_429_left = 0;
             e->fault_503_until = 0;
             e->slow_ms = 0;
             free(e->moved_to);

@@ -29,6 +29,9 @@
  *                       each, outside the limits and without events (benchmarks)
  *     loyd.emu.fault    {mode:"503_burst", seconds:N, only?:"webhook"|"oauth"} | {mode:"slow", ms:N} |
  *                       {mode:"drop_events", ratio:0..1} | {mode:"expire_tokens"} |
+ *                       {mode:"429", method:"crm.contact.update", count:N}: the next N calls
+ *                       of that method ("batch": the batch call itself) answer 429
+ *                       OPERATION_TIME_LIMIT with no operating figures, as the cloud does |
  *                       {mode:"moved", to:"http://host:port/new"}: the portal changed its
  *                       address; /rest/... answers 302 Location <to>/rest/..., and any
  *                       <prefix>/rest/... is served | {mode:"none"} (clears all)

@@ -792,6 +792,33 @@ static const char *const uf_types[] = {
     "crm_status", "iblock_section", "iblock_element", "crm", NULL,
 };
 
+/* The labels a field has, one per portal language (lang_map, as crm.*.userfield.get shows). */
+static const char *const uf_labels[] = {"EDIT_FORM_LABEL", "LIST_COLUMN_LABEL",
+                                        "LIST_FILTER_LABEL", "ERROR_MESSAGE", "HELP_MESSAGE",
+                                        NULL};
+
+/* The languages this portal has (a Russian-region portal: Russian, English, German). */
+static const char *const portal_langs[] = {"ru", "en", "de", NULL};
+
+/*
+ * One label as Bitrix24 stores it: a lang_map over the portal's languages.  A string is every
+ * language's label; a map gives some languages and LABEL the rest; languages the portal does
+ * not have are dropped.  A language with neither has no label (null in a LANG list).
+ */
+static json_t *label_map(const json_t *given, const json_t *fallback)
+{
+    char buf[1024];
+    json_t *m = json_object();
+    for (size_t i = 0; portal_langs[i] != NULL; i++) {
+        const json_t *v = json_is_object(given) ? json_object_get(given, portal_langs[i]) : given;
+        if (v == NULL || json_is_object(v) || json_is_array(v) || json_is_null(v))
+            v = fallback;
+        if (b24_scalar(v, buf, sizeof(buf)))
+            json_object_set_new(m, portal_langs[i], json_string(buf));
+    }
+    return m;
+}
+
 static void uf_add(struct b24_call *c, enum b24_kind k, const json_t *p)
 {
     struct b24emu *e = c->e;
@@ -860,19 +887,19 @@ static void uf_add(struct b24_call *c, enum b24_kind k, const json_t *p)
     }
     const json_t *settings = json_object_get(f, "SETTINGS");
     json_t *s = json_is_object(settings) ? json_deep_copy(settings) : json_object();
-    if (strcmp(type, "double") == 0 && json_object_get(s, "PRECISION") == NULL)
-        json_object_set_new(s, "PRECISION", json_integer(2));
-    json_object_set_new(d, "SETTINGS", s);
-    static const char *const labels[] = {"EDIT_FORM_LABEL", "LIST_COLUMN_LABEL",
-                                         "LIST_FILTER_LABEL"};
-    const json_t *label = json_object_get(f, "LABEL");
-    for (size_t i = 0; i < 3; i++) {
-        const json_t *v = json_object_get(f, labels[i]);
-        if (v == NULL)
-            v = label;
-        if (v != NULL)
-            json_object_set_new(d, labels[i], json_deep_copy(v));
+    if (strcmp(type, "double") == 0) {
+        /* As the double type prepares its settings: an integer 0..12, 2 when not given (a
+         * batch command's "2" arrives as text). */
+        long long prec = 2;
+        if (json_object_get(s, "PRECISION") != NULL &&
+            !b24_int(json_object_get(s, "PRECISION"), &prec))
+            prec = 0;
+        json_object_set_new(s, "PRECISION", json_integer(prec < 0 ? 0 : prec > 12 ? 12 : prec));
     }
+    json_object_set_new(d, "SETTINGS", s);
+    for (size_t i = 0; uf_labels[i] != NULL; i++)
+        json_object_set_new(d, uf_labels[i], label_map(json_object_get(f, uf_labels[i]),
+                                                       json_object_get(f, "LABEL")));
     if (strcmp(type, "enumeration") == 0) {
         const json_t *items[MAX_LIST_ITEMS];
         size_t n = b24_list(json_object_get(f, "LIST"), items, MAX_LIST_ITEMS);
@@ -913,7 +940,12 @@ static void uf_list(struct b24_call *c, enum b24_kind k, const json_t *p)
     json_t *res = json_array();
     size_t i;
     json_t *u;
+    char lang[16];
 
+    if (!b24_scalar(json_object_get(filter, "LANG"), lang, sizeof(lang)))
+        lang[0] = '\0';
+    for (char *q = lang; *q; q++)
+        *q = (char)tolower((unsigned char)*q);
     json_array_foreach(c->e->uf[k], i, u) {
         const char *key;
         json_t *want;
@@ -927,8 +959,19 @@ static void uf_list(struct b24_call *c, enum b24_kind k, const json_t *p)
                 strcmp(a, b) != 0)
                 ok = false;
         }
-        if (ok)
-            json_array_append(res, u);
+        if (!ok)
+            continue;
+        /* The labels come only in the language asked for, as text; without LANG, not at all. */
+        json_t *item = json_deep_copy(u);
+        for (size_t j = 0; uf_labels[j] != NULL; j++) {
+            if (lang[0] == '\0') {
+                json_object_del(item, uf_labels[j]);
+            } else {
+                const json_t *t = json_object_get(json_object_get(u, uf_labels[j]), lang);
+                json_object_set_new(item, uf_labels[j], t ? json_deep_copy(t) : json_null());
+            }
+        }
+        json_array_append_new(res, item);
     }
     c->total = (long long)json_array_size(res);
     b24_ok(c, res);

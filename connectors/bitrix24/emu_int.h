@@ -64,6 +64,8 @@ struct b24emu {
     uint32_t slow_ms;
     char *moved_to; /* the "moved" fault: /rest/ answers 302 to this base */
     double drop_ratio;
+    char fault_429_method[128]; /* the "429" fault: this method is refused ... */
+    uint32_t fault_429_left;    /* ... this many more times */
     uint64_t rng;
     long long clock_offset_ms;
 

@@ -3,9 +3,13 @@
  * The Bitrix24 connector plugin: per-tenant settings, webhook verification (webhook.c) and
  * the emulator (`loyd emulate bitrix24`).  Its plugin-level state is the host handle.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "b24.h"
 #include "emu.h"
@@ -77,6 +81,56 @@ const struct loyd_config_field b24_tenant_config[] = {
     {0},
 };
 
+/*
+ * Whether the host of an http:// URL (after the scheme) is a loopback address: 127.0.0.0/8,
+ * ::1 or localhost.  Plain http is for the emulator and a local proxy on this machine only;
+ * anywhere else it would carry the webhook code or the OAuth tokens in the clear.
+ */
+static bool loopback_host(const char *rest)
+{
+    char host[256];
+    size_t n = strcspn(rest, "/?#");
+    if (n >= sizeof(host))
+        return false;
+    memcpy(host, rest, n);
+    host[n] = '\0';
+    char *h = strrchr(host, '@'); /* http://127.0.0.1@elsewhere/ goes elsewhere */
+    h = h != NULL ? h + 1 : host;
+    if (*h == '[') {
+        char *end = strchr(h, ']');
+        if (end == NULL || (end[1] != '\0' && end[1] != ':'))
+            return false;
+        *end = '\0';
+        struct in6_addr a6;
+        return inet_pton(AF_INET6, h + 1, &a6) == 1 && memcmp(&a6, &in6addr_loopback, 16) == 0;
+    }
+    char *colon = strchr(h, ':');
+    if (colon != NULL)
+        *colon = '\0';
+    struct in_addr a4;
+    if (inet_pton(AF_INET, h, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return strcasecmp(h, "localhost") == 0;
+}
+
+/* @return 0, or LOYD_ECONFIG having logged what is wrong with crm.@p key. */
+static int check_url(const struct b24_plugin *p, void *hctx, const char *key, const char *u)
+{
+    if (u == NULL || *u == '\0' || strncasecmp(u, "https://", 8) == 0)
+        return 0;
+    if (strncasecmp(u, "http://", 7) == 0) {
+        if (loopback_host(u + 7))
+            return 0;
+        p->host->log(hctx, LOYD_LOG_ERR,
+                     "crm.%s: http:// is accepted only for a loopback address (127.0.0.1, ::1, "
+                     "localhost); use https://",
+                     key);
+        return LOYD_ECONFIG;
+    }
+    p->host->log(hctx, LOYD_LOG_ERR, "crm.%s: expected an https:// URL", key);
+    return LOYD_ECONFIG;
+}
+
 static char *dup_opt(const json_t *crm, const char *key)
 {
     const char *v = json_string_value(json_object_get(crm, key));
@@ -140,10 +194,7 @@ int b24_tenant_open(void *plugin_state, void *hctx, const json_t *crm, void **ou
     t->lim = lim;
     static const char *const urls[] = {"webhook_url", "rest_url", "oauth_url"};
     for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
-        const char *u = json_string_value(json_object_get(crm, urls[i]));
-        if (u != NULL && *u != '\0' && strncmp(u, "https://", 8) != 0 &&
-            strncmp(u, "http://", 7) != 0) {
-            p->host->log(hctx, LOYD_LOG_ERR, "crm.%s: expected an https:// URL", urls[i]);
+        if (check_url(p, hctx, urls[i], json_string_value(json_object_get(crm, urls[i]))) != 0) {
             b24_tenant_close(t);
             return LOYD_ECONFIG;
         }

@@ -10,8 +10,28 @@
 
 #define BACKOFF_FIRST_MS 1000
 #define BACKOFF_MAX_MS 30000
-#define HOLD_DEFAULT_MS 60000
-#define HOLD_MAX_MS 600000
+
+/*
+ * The operating-time limit (Bitrix24 REST docs, "REST API Limits", settings/performance/
+ * limits.md): a method's execution time is "accounted for in 10 one-minute baskets", and
+ * operating_reset_at is "when the oldest minute basket is excluded from the calculation".
+ * For OPERATION_TIME_LIMIT the docs say: "Suspend calls to the blocked method ... For the first
+ * retry, refer to operating_reset_at from the last successful response. If the error persists,
+ * wait for the next bucket reset."  The refusal itself often carries no operating figures
+ * (b24jssdk, core/http/limiters/manager.ts: the errors do not bring the timings, so it reads
+ * the previous answer's).
+ *
+ * So a refusal with no reset time holds the method until the reset its latest good answer
+ * gave, and at least one basket: the minute is the shortest span the docs give for this limit,
+ * and a retry sooner mostly spends a request to be refused again (b24jssdk's floor of 10 s is
+ * the SDK's own choice, not a documented time).  Each further refusal in a row doubles that,
+ * up to the window (10 minutes: by then every basket that counted when the first refusal came
+ * has dropped out).  A reset time in the refusal is used as it is.
+ */
+#define HOLD_BASKET_MS 60000
+#define HOLD_WINDOW_MS 600000
+/* operating_reset_at is in whole seconds and the clocks differ a little: do not come early. */
+#define HOLD_MARGIN_MS 1000
 
 /*
  * The bucket loyd keeps is one request smaller than the portal's: requests reach the portal a
@@ -82,7 +102,6 @@ struct b24_portal *b24_portal_attach(struct b24_portals *reg, const char *url,
         p->lim.burst = 50;
     p->tokens = capacity(p);
     p->refilled_ms = now_ms;
-    p->held = json_object();
     if (reg != NULL) {
         p->next = reg->head;
         reg->head = p;
@@ -103,7 +122,12 @@ void b24_portal_detach(struct b24_portal *p)
         if (reg->freed && reg->head == NULL)
             free(reg);
     }
-    json_decref(p->held);
+    while (p->holds != NULL) {
+        struct b24_hold *h = p->holds;
+        p->holds = h->next;
+        free(h->method);
+        free(h);
+    }
     free(p->origin);
     free(p);
 }
@@ -148,20 +172,77 @@ void b24_portal_ok(struct b24_portal *p)
     p->backoff_ms = 0;
 }
 
-void b24_portal_hold(struct b24_portal *p, const char *method, const json_t *time,
-                     uint64_t now_ms)
+const struct b24_hold *b24_portal_hold_of(const struct b24_portal *p, const char *method)
+{
+    for (const struct b24_hold *h = p->holds; h != NULL; h = h->next)
+        if (strcmp(h->method, method) == 0)
+            return h;
+    return NULL;
+}
+
+static struct b24_hold *hold_get(struct b24_portal *p, const char *method)
+{
+    struct b24_hold *h = (struct b24_hold *)b24_portal_hold_of(p, method);
+    if (h != NULL)
+        return h;
+    h = calloc(1, sizeof(*h));
+    if (h == NULL || (h->method = strdup(method)) == NULL)
+        abort();
+    h->next = p->holds;
+    p->holds = h;
+    return h;
+}
+
+/*
+ * ms from the answer until operating_reset_at, or 0 when the block has none.  Both times are
+ * the portal's, so the difference holds whatever our clock says.
+ */
+static uint64_t reset_in(const json_t *time)
 {
     double reset = json_number_value(json_object_get(time, "operating_reset_at"));
     double finish = json_number_value(json_object_get(time, "finish"));
-    uint64_t ms = reset > finish && finish > 0 ? (uint64_t)((reset - finish) * 1000)
-                                               : HOLD_DEFAULT_MS;
-    if (ms > HOLD_MAX_MS)
-        ms = HOLD_MAX_MS;
-    json_object_set_new(p->held, method, json_integer((json_int_t)(now_ms + ms + 100)));
+    if (!(finish > 0 && reset > finish))
+        return 0;
+    double ms = (reset - finish) * 1000 + HOLD_MARGIN_MS;
+    return ms < HOLD_WINDOW_MS ? (uint64_t)ms : HOLD_WINDOW_MS;
+}
+
+uint64_t b24_portal_hold(struct b24_portal *p, const char *method, const json_t *time,
+                         uint64_t now_ms)
+{
+    struct b24_hold *h = hold_get(p, method);
+    uint64_t ms = reset_in(time);
+
+    if (h->strikes < 32)
+        h->strikes++;
+    if (ms == 0) {
+        ms = HOLD_BASKET_MS;
+        for (uint32_t i = 1; i < h->strikes && ms < HOLD_WINDOW_MS; i++)
+            ms *= 2;
+        if (h->reset_at > now_ms && h->reset_at - now_ms > ms)
+            ms = h->reset_at - now_ms;
+        if (ms > HOLD_WINDOW_MS)
+            ms = HOLD_WINDOW_MS;
+    }
+    h->hold_ms = ms;
+    h->until = now_ms + ms;
+    return ms;
+}
+
+void b24_portal_went(struct b24_portal *p, const char *method, const json_t *time, uint64_t now_ms)
+{
+    uint64_t ms = reset_in(time);
+    struct b24_hold *h =
+        ms > 0 ? hold_get(p, method) : (struct b24_hold *)b24_portal_hold_of(p, method);
+    if (h == NULL)
+        return;
+    h->strikes = 0;
+    if (ms > 0)
+        h->reset_at = now_ms + ms;
 }
 
 uint64_t b24_portal_held_for(const struct b24_portal *p, const char *method, uint64_t now_ms)
 {
-    uint64_t until = (uint64_t)json_integer_value(json_object_get(p->held, method));
-    return until > now_ms ? until - now_ms : 0;
+    const struct b24_hold *h = b24_portal_hold_of(p, method);
+    return h != NULL && h->until > now_ms ? h->until - now_ms : 0;
 }

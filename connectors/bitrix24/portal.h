@@ -24,6 +24,20 @@ struct b24_rest_limits {
     uint32_t drain_milli, burst;
 };
 
+/*
+ * What loyd knows of one method's operating-time limit on a portal ("batch" for the batch call
+ * itself).  Bitrix24 keeps each method's execution time in 10 one-minute baskets; a method whose
+ * sum is over the limit answers 429 OPERATION_TIME_LIMIT until enough baskets drop out.
+ */
+struct b24_hold {
+    struct b24_hold *next;
+    char *method;
+    uint64_t until;    /* held until this ms (0: not held) */
+    uint64_t hold_ms;  /* the length of the latest hold */
+    uint32_t strikes;  /* 429s in a row since the method last went through */
+    uint64_t reset_at; /* the operating_reset_at of its latest good answer, in our ms; 0: none */
+};
+
 struct b24_portal {
     struct b24_portal *next;
     struct b24_portals *reg; /* NULL for a private portal */
@@ -33,7 +47,7 @@ struct b24_portal {
     int64_t tokens; /* thousandths of a request */
     uint64_t refilled_ms;
     uint64_t backoff_until, backoff_ms;
-    json_t *held; /* method -> ms until which the operating limit holds it */
+    struct b24_hold *holds; /* per method, created at its first answer that matters */
 };
 
 struct b24_portals *b24_portals_new(void);
@@ -55,11 +69,23 @@ void b24_portal_take(struct b24_portal *p);
 void b24_portal_backoff(struct b24_portal *p, uint64_t now_ms);
 /** A call went through: the back-off starts over. */
 void b24_portal_ok(struct b24_portal *p);
-/** Holds @p method until operating_reset_at of the answer's `time` block. */
-void b24_portal_hold(struct b24_portal *p, const char *method, const json_t *time,
-                     uint64_t now_ms);
+/**
+ * @p method was refused with 429 OPERATION_TIME_LIMIT (@p time: the refusal's `time` block, may
+ * be NULL): holds that method only, until the operating_reset_at the refusal gives; without
+ * one, until the one its latest good answer gave, and at least one basket (60 s) doubling on
+ * each refusal in a row, at most the 10-minute window.  @return the hold in ms.
+ */
+uint64_t b24_portal_hold(struct b24_portal *p, const char *method, const json_t *time,
+                         uint64_t now_ms);
+/**
+ * @p method went through (any answer but a limit refusal): its refusals in a row start over,
+ * and the operating_reset_at of @p time (may be NULL) is kept for its next refusal.
+ */
+void b24_portal_went(struct b24_portal *p, const char *method, const json_t *time, uint64_t now_ms);
 /** ms for which @p method is still held; 0 when it is free. */
 uint64_t b24_portal_held_for(const struct b24_portal *p, const char *method, uint64_t now_ms);
+/** What is known of @p method's limit, or NULL (nothing yet). */
+const struct b24_hold *b24_portal_hold_of(const struct b24_portal *p, const char *method);
 
 /** "https://host:port/rest/..." -> "https://host:port" in @p out (lower-cased host). */
 void b24_url_origin(const char *url, char *out, size_t size);

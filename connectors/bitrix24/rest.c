@@ -499,6 +499,20 @@ static const json_t *keyed(const json_t *o, const char *key)
     return json_is_object(o) ? json_object_get(o, key) : NULL;
 }
 
+/* The operating-time limit refused @p method: only it waits (portal.c has the policy). */
+static void operating_hold(struct b24_rest *r, const char *method, const json_t *time, uint64_t now)
+{
+    uint64_t ms = b24_portal_hold(r->portal, method, time, now);
+    const struct b24_hold *h = b24_portal_hold_of(r->portal, method);
+    bool whole = strcmp(method, "batch") == 0;
+    r->host->log(r->hctx, LOYD_LOG_INFO,
+                 "portal says OPERATION_TIME_LIMIT for %s (refusal %u in a row): holding %s for "
+                 "%" PRIu64 " s%s",
+                 method, h != NULL ? (unsigned)h->strikes : 1u,
+                 whole ? "every call (all go through batch)" : "that method", (ms + 999) / 1000,
+                 whole ? "" : ", other methods go on");
+}
+
 static void on_response(void *arg, int err, const struct loyd_http_response *res)
 {
     struct flight *f = arg;
@@ -548,8 +562,9 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
     }
     if (status == 429 || (code != NULL && strcmp(code, "OPERATION_TIME_LIMIT") == 0)) {
         r->stats.limit_errors++;
-        /* The portal charges the batch itself: nothing goes until its reset. */
-        b24_portal_hold(r->portal, "batch", json_object_get(doc, "time"), now);
+        /* The batch call itself was refused (b24jssdk PR #539: the portal charges `batch`), so
+         * every command waits for it; single methods are held in their own results below. */
+        operating_hold(r, "batch", json_object_get(doc, "time"), now);
         requeue(f, 0);
         goto out;
     }
@@ -574,6 +589,23 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
             need_token(r);
         goto out;
     }
+    if (status == 401 && r->base != NULL) {
+        /* An inbound webhook's code never expires: a 401 (NO_AUTH_FOUND, "Wrong authorization
+         * data") means the URL's user or code is wrong, or the webhook was deleted.  Its
+         * commands wait (LOYD_ETOKEN) for the configuration to be fixed.  Only the origin is
+         * named: the path holds the code. */
+        char origin[256];
+        b24_url_origin(r->base, origin, sizeof(origin));
+        r->host->log(r->hctx, LOYD_LOG_ERR,
+                     "%s refused the inbound-webhook code (HTTP 401 %s): the user or code in "
+                     "crm.webhook_url is wrong, or the webhook was deleted; check crm.webhook_url "
+                     "against the portal's inbound webhook (Developer resources > Other > "
+                     "Inbound webhook)",
+                     origin, code != NULL && *code ? code : "with no error code");
+        for (i = 0; i < f->n; i++)
+            finish(f->cmds[i], LOYD_ETOKEN, NULL, NULL);
+        goto out;
+    }
     if (status != 200 || code != NULL) {
         int e = status == 401 ? LOYD_ETOKEN : LOYD_ECRM;
         json_t *eo = json_pack("{s:s, s:s}", "error", code ? code : "",
@@ -589,9 +621,11 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
         goto out;
     }
     b24_portal_ok(r->portal);
+    b24_portal_went(r->portal, "batch", json_object_get(doc, "time"), now);
     const json_t *outer = json_object_get(doc, "result");
     const json_t *results = json_object_get(outer, "result");
     const json_t *errors = json_object_get(outer, "result_error");
+    const json_t *times = json_object_get(outer, "result_time");
     for (i = 0; i < f->n; i++) {
         struct cmd *c = f->cmds[i];
         char key[24];
@@ -604,10 +638,12 @@ static void on_response(void *arg, int err, const struct loyd_http_response *res
             /* Refused, not run: again later. */
             r->stats.limit_errors++;
             if (strcmp(ecode, "OPERATION_TIME_LIMIT") == 0)
-                b24_portal_hold(r->portal, c->method,
-                                keyed(json_object_get(outer, "result_time"), key), now);
+                operating_hold(r, c->method, keyed(times, key), now);
             push(r, c, false);
-        } else if (e != NULL) {
+            continue;
+        }
+        b24_portal_went(r->portal, c->method, keyed(times, key), now);
+        if (e != NULL) {
             json_t *eo = json_is_object(e) ? json_incref((json_t *)e)
                                             : json_pack("{s:s, s:s}", "error", "",
                                                         "error_description", "");

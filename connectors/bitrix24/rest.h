@@ -8,7 +8,11 @@
  *
  * Auth: an inbound-webhook URL, or an OAuth app (oauth.h): the access token rides in each
  * call; 401 expired_token refreshes it once (single-flight) and sends the refused commands
- * again; a command refused after that fails with LOYD_ETOKEN.
+ * again; a command refused after that fails with LOYD_ETOKEN.  An inbound webhook's code does
+ * not expire: a 401 there is logged as a wrong code (check crm.webhook_url) and its commands
+ * fail with LOYD_ETOKEN, which makes them wait for the fix rather than count attempts.
+ *
+ * 429 OPERATION_TIME_LIMIT holds the refused method only (portal.h has how long).
  *
  * A 302 (the portal's domain changed) is followed with the POST intact by the host; the new
  * address is then used directly and remembered in kv "portal:moved".

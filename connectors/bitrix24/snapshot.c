@@ -197,13 +197,8 @@ json_t *b24_snapshot_contact(const struct b24_tenant *t, const json_t *raw)
         for (const char *p = k + 12; *p && n + 1 < sizeof(lower); p++)
             lower[n++] = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
         lower[n] = '\0';
-        int64_t bal;
-        if (strcmp(lower, "balance") == 0 && json_is_string(v) &&
-            b24_money_minor(json_string_value(v), "JPY", &bal) == 0)
-            json_object_set_new(fields, lower, json_integer(bal));
-        else if (strcmp(lower, "balance") == 0 && json_is_integer(v))
-            json_object_set(fields, lower, v);
-        else if (json_is_string(v) && json_string_value(v)[0] != '\0')
+        /* As the card shows them: the host reads numbers in the pack's point unit. */
+        if (json_is_number(v) || (json_is_string(v) && json_string_value(v)[0] != '\0'))
             json_object_set(fields, lower, v);
     }
     json_object_set_new(s, "fields", fields);
@@ -229,6 +224,8 @@ json_t *b24_snapshot_deal(const struct b24_tenant *t, const json_t *raw, const c
     const char *sem = str(raw, "STAGE_SEMANTIC_ID");
     json_t *s = json_pack("{s:s, s:s, s:b}", "kind", "deal", "id", id, "won",
                           sem != NULL && strcmp(sem, "S") == 0);
+    if (sem != NULL && strcmp(sem, "F") == 0) /* a failure stage: the deal was lost */
+        json_object_set_new(s, "lost", json_true());
     if (str(raw, "STAGE_ID") != NULL)
         json_object_set_new(s, "stage", json_string(str(raw, "STAGE_ID")));
     const char *cur = str(raw, "CURRENCY_ID");
@@ -245,12 +242,10 @@ json_t *b24_snapshot_deal(const struct b24_tenant *t, const json_t *raw, const c
     if (contact_id != NULL && strcmp(contact_id, "0") != 0)
         json_object_set_new(s, "contact_id", json_string(contact_id));
     if (t->redeem_field != NULL) {
-        int64_t pts;
+        /* Points as the manager typed them ("3000", "12.5"): the host knows the unit. */
         const json_t *rv = json_object_get(raw, t->redeem_field);
-        if (json_is_integer(rv))
+        if (json_is_number(rv) || (json_is_string(rv) && json_string_value(rv)[0] != '\0'))
             json_object_set(s, "redeem_points", (json_t *)rv);
-        else if (json_is_string(rv) && b24_money_minor(json_string_value(rv), "JPY", &pts) == 0)
-            json_object_set_new(s, "redeem_points", json_integer(pts));
     }
     set_modified(s, raw);
     return s;

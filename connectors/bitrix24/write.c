@@ -245,16 +245,73 @@ static void job_run(struct wjob *j)
 
 static void provision(struct b24_tenant *t);
 
-/* The UF names a job writes that the portal may not have yet, with their types. */
+/* ---- what a field is called ------------------------------------------------------------- */
+
+/*
+ * Bitrix24 keeps a label per portal language and shows each manager the one of their language;
+ * LABEL fills the languages a map leaves out, so it is English (the portal default abroad).
+ */
+struct uf_label {
+    char en[160], ru[200];
+};
+
+/*
+ * The balance label names the point unit.  NULL or "points" (what a pack that declares no unit
+ * has, points.h) read as loyd's own words in each language; a pack's own unit name is a word in
+ * the pack's language, so it goes into both labels as is.
+ */
+static void balance_label(const char *unit, struct uf_label *l)
+{
+    bool own = unit == NULL || strcmp(unit, "points") == 0;
+    snprintf(l->en, sizeof(l->en), "Loyalty: balance (%s)", own ? "points" : unit);
+    snprintf(l->ru, sizeof(l->ru), "Лояльность: баланс (%s)", own ? "баллы" : unit);
+}
+
+/* A set_field attribute's field: "review_bonus_paid" is "Loyalty: review bonus paid". */
+static void attribute_label(const char *attr, struct uf_label *l)
+{
+    char words[96];
+    size_t n = 0;
+    for (const char *p = attr; *p && n + 1 < sizeof(words); p++)
+        words[n++] = *p == '_' ? ' ' : *p;
+    words[n] = '\0';
+    snprintf(l->en, sizeof(l->en), "Loyalty: %s", words);
+    snprintf(l->ru, sizeof(l->ru), "Лояльность: %s", words);
+}
+
+/* The fields of a userfield.add for @p name (the code after UF_CRM_ goes in FIELD_NAME). */
+static json_t *uf_spec(const char *name, const char *type, const struct uf_label *l)
+{
+    json_t *f = json_pack("{s:s, s:s, s:s}", "FIELD_NAME", name + 7, "USER_TYPE_ID", type,
+                          "LABEL", l->en);
+    static const char *const keys[] = {"EDIT_FORM_LABEL", "LIST_COLUMN_LABEL",
+                                       "LIST_FILTER_LABEL"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        json_object_set_new(f, keys[i], json_pack("{s:s, s:s}", "ru", l->ru, "en", l->en));
+    /* Points are shown as people count them (455, 3.5): a number with two decimals. */
+    if (strcmp(type, "double") == 0)
+        json_object_set_new(f, "SETTINGS", json_pack("{s:i}", "PRECISION", 2));
+    return f;
+}
+
+#define BALANCE "UF_CRM_LOYD_BALANCE"
+#define TIER "UF_CRM_LOYD_TIER"
+#define AWARDED "UF_CRM_LOYD_AWARDED"
+
+/* The UF names a job writes that the portal may not have yet, each with its userfield.add. */
 static void needed(struct b24_tenant *t, const json_t *items, json_t *contact, json_t *deal)
 {
     size_t i;
     json_t *item;
     char name[64];
+    struct uf_label l;
 
-    json_object_set_new(contact, "UF_CRM_LOYD_BALANCE", json_string("integer"));
-    json_object_set_new(contact, "UF_CRM_LOYD_TIER", json_string("string"));
-    json_object_set_new(deal, "UF_CRM_LOYD_AWARDED", json_string("integer"));
+    balance_label(NULL, &l);
+    json_object_set_new(contact, BALANCE, uf_spec(BALANCE, "double", &l));
+    l = (struct uf_label){"Loyalty: tier", "Лояльность: уровень"};
+    json_object_set_new(contact, TIER, uf_spec(TIER, "string", &l));
+    l = (struct uf_label){"Loyalty: points for this deal", "Лояльность: баллы за сделку"};
+    json_object_set_new(deal, AWARDED, uf_spec(AWARDED, "double", &l));
     json_array_foreach(items, i, item)
     {
         const char *k;
@@ -262,10 +319,15 @@ static void needed(struct b24_tenant *t, const json_t *items, json_t *contact, j
         json_object_foreach(json_object_get(item, "fields"), k, v)
         {
             uf_name(k, name);
-            if (json_object_get(contact, name) == NULL)
-                json_object_set_new(contact, name, json_string(json_is_boolean(v) ? "boolean"
-                                                               : json_is_integer(v) ? "integer"
-                                                                                    : "string"));
+            if (json_object_get(contact, name) != NULL)
+                continue;
+            attribute_label(k, &l);
+            json_object_set_new(contact, name,
+                                uf_spec(name,
+                                        json_is_boolean(v)   ? "boolean"
+                                        : json_is_integer(v) ? "integer"
+                                                             : "string",
+                                        &l));
         }
     }
     const char *k;
@@ -318,7 +380,7 @@ int b24_write(void *tenant, const json_t *items, loyd_write_cb cb, void *arg)
 
 struct prov {
     struct b24_tenant *t;
-    json_t *contact, *deal; /* name -> type still to make sure of */
+    json_t *contact, *deal; /* name -> its userfield.add fields, still to make sure of */
     int pending, err;
 };
 
@@ -416,9 +478,7 @@ static void on_uf_listed(struct prov *pv, bool deal, int err, const json_t *resu
                 abort();
             a->pv = pv;
             snprintf(a->key, sizeof(a->key), deal ? "deal:%s" : "%s", k);
-            json_t *p = json_pack("{s:{s:s, s:O, s:s, s:s}}", "fields", "FIELD_NAME", k + 7,
-                                  "USER_TYPE_ID", x, "EDIT_FORM_LABEL", k + 12,
-                                  "LIST_COLUMN_LABEL", k + 12);
+            json_t *p = json_pack("{s:O}", "fields", x);
             pv->pending++;
             b24_rest_call(t->rest, deal ? "crm.deal.userfield.add" : "crm.contact.userfield.add",
                           p, false, on_uf_added, a);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -105,7 +106,7 @@ static long long card(const char *kind, const char *id, const char *field)
     json_t *r = shop(method, json_pack("{s:s}", "id", id), 200);
     json_t *v = json_object_get(json_object_get(r, "result"), field);
     long long n = json_is_string(v) && json_string_value(v)[0] ? atoll(json_string_value(v))
-                  : json_is_integer(v)                         ? json_integer_value(v)
+                  : json_is_number(v)                          ? (long long)json_number_value(v)
                                                                : -1;
     json_decref(r);
     return n;
@@ -266,12 +267,12 @@ START_TEST(test_won_deal_awards_once_and_reopen_reverses)
 {
     start("", "{\"drain\": 2, \"burst\": 50}", NULL);
     char *anna = new_customer("Anna");
-    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 500, 20000); /* welcome bonus */
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 5, 20000); /* welcome bonus: 500 units */
 
-    /* 10,000.00 RUB won at bronze: 3% cashback = 30000 points, written on the card. */
+    /* 10,000.00 RUB won at bronze: 3% cashback = 30000 ledger units, 300 points on the card. */
     char *deal = won_deal(anna, "10000.00");
-    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 30500, 20000);
-    wait_card("deal", deal, "UF_CRM_LOYD_AWARDED", 30000, 20000);
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 305, 20000);
+    wait_card("deal", deal, "UF_CRM_LOYD_AWARDED", 300, 20000);
     settle(20000);
     long long applied = metric("loyd_events_applied_total");
 
@@ -283,7 +284,7 @@ START_TEST(test_won_deal_awards_once_and_reopen_reverses)
         usleep(300000);
     }
     settle(20000);
-    ck_assert_int_eq(card("contact", anna, "UF_CRM_LOYD_BALANCE"), 30500);
+    ck_assert_int_eq(card("contact", anna, "UF_CRM_LOYD_BALANCE"), 305);
     ck_assert_int_eq(metric("loyd_events_applied_total"), applied);
 
     /* Duplicated and reordered webhooks: an old ADD after the UPDATEs, the same UPDATE twice. */
@@ -293,13 +294,13 @@ START_TEST(test_won_deal_awards_once_and_reopen_reverses)
     ck_assert_int_eq(post_event("ONCRMDEALADD", deal, now - 60), 200);
     ck_assert_int_eq(post_event("ONCRMCONTACTADD", anna, now - 60), 200);
     settle(20000);
-    ck_assert_int_eq(card("contact", anna, "UF_CRM_LOYD_BALANCE"), 30500);
+    ck_assert_int_eq(card("contact", anna, "UF_CRM_LOYD_BALANCE"), 305);
     ck_assert_int_eq(metric("loyd_events_applied_total"), applied);
     ck_assert_int_ge(metric("loyd_webhooks_duplicate_total"), 1);
 
     /* Reopened: the cashback is reversed and the card and the deal say so. */
     deal_update(deal, json_pack("{s:s}", "STAGE_ID", "LOSE"));
-    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 500, 20000);
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 5, 20000);
     wait_card("deal", deal, "UF_CRM_LOYD_AWARDED", 0, 20000);
     settle(20000);
     ck_assert_int_eq(metric("loyd_events_applied_total"), applied + 1);
@@ -331,9 +332,9 @@ START_TEST(test_503_burst_then_every_write_lands)
     for (int i = 0; i < N; i++)
         ck_assert_int_eq(card("contact", contacts[i], "UF_CRM_LOYD_BALANCE"), -1);
     for (int i = 0; i < N; i++) {
-        /* 500 welcome + 3% of (i+1) * 1000.00 RUB, the newest value (per-contact order). */
-        wait_card("contact", contacts[i], "UF_CRM_LOYD_BALANCE", 500 + (i + 1) * 3000, 90000);
-        wait_card("deal", deals[i], "UF_CRM_LOYD_AWARDED", (i + 1) * 3000, 30000);
+        /* 5 points welcome + 3% of (i+1) * 1000.00 RUB, the newest value (per-contact order). */
+        wait_card("contact", contacts[i], "UF_CRM_LOYD_BALANCE", 5 + (i + 1) * 30, 90000);
+        wait_card("deal", deals[i], "UF_CRM_LOYD_AWARDED", (i + 1) * 30, 30000);
     }
     settle(30000);
     ck_assert_int_eq(metric("loyd_writebacks_total{outcome=\"dead\"}"), 0);
@@ -385,7 +386,7 @@ START_TEST(test_sigkill_under_load)
         if (i % 2 == 1) {
             /* Reopened once the award is on the deal: the cashback is reversed and a note
              * says so.  (A deal reopened before loyd ever saw it won is simply not won.) */
-            wait_card("deal", deals[i], "UF_CRM_LOYD_AWARDED", 6000, 60000);
+            wait_card("deal", deals[i], "UF_CRM_LOYD_AWARDED", 60, 60000);
             deal_update(deals[i], json_pack("{s:s}", "STAGE_ID", "LOSE"));
             usleep((useconds_t)(rand() % 300000));
         }
@@ -397,12 +398,12 @@ START_TEST(test_sigkill_under_load)
         }
     }
     for (int i = 0; i < N; i++)
-        wait_card("contact", contacts[i], "UF_CRM_LOYD_BALANCE", 500 + (i % 2 ? 0 : 6000),
+        wait_card("contact", contacts[i], "UF_CRM_LOYD_BALANCE", 5 + (i % 2 ? 0 : 60),
                   60000);
     settle(30000);
     ck_assert_int_eq(metric("loyd_writebacks_total{outcome=\"dead\"}"), 0);
     for (int i = 0; i < N; i++) {
-        ck_assert_int_eq(card("deal", deals[i], "UF_CRM_LOYD_AWARDED"), i % 2 ? 0 : 6000);
+        ck_assert_int_eq(card("deal", deals[i], "UF_CRM_LOYD_AWARDED"), i % 2 ? 0 : 60);
         ck_assert_msg(comments_on(contacts[i]) == i % 2, "contact %s has %d notes, wanted %d",
                       contacts[i], comments_on(contacts[i]), i % 2);
     }
@@ -438,18 +439,229 @@ START_TEST(test_oauth_app_install_and_refresh)
     sleep(1);
     ck_assert_int_eq(card("contact", anna, "UF_CRM_LOYD_BALANCE"), -1); /* not installed yet */
     json_decref(shop("loyd.emu.install", json_object(), 200));
-    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 500, 30000);
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 5, 30000);
     char *deal = won_deal(anna, "1000.00");
-    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 3500, 30000);
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 35, 30000);
     /* Every access token the portal issued dies now: loyd's next call gets 401. */
     json_decref(shop("loyd.emu.fault", json_pack("{s:s}", "mode", "expire_tokens"), 200));
     deal_update(deal, json_pack("{s:s}", "STAGE_ID", "LOSE"));
-    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 500, 30000);
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 5, 30000);
     settle(20000);
     ck_assert_int_eq(metric("loyd_writebacks_total{outcome=\"dead\"}"), 0);
     ck_assert_int_eq(metric("loyd_inbox_dead_total"), 0);
     free(anna);
     free(deal);
+}
+END_TEST
+
+/* How often the portal ran @p method (batch commands included), as the emulator counts. */
+static long long method_calls(const char *method)
+{
+    json_t *r = shop("loyd.emu.calls", json_object(), 200);
+    long long v = json_integer_value(
+        json_object_get(json_object_get(json_object_get(r, "result"), "calls"), method));
+    json_decref(r);
+    return v;
+}
+
+/* The text of the newest of loyd's timeline comments on a contact that contains @p needle. */
+static bool comment_says(const char *contact, const char *needle)
+{
+    json_t *r = shop("crm.timeline.comment.list",
+                     json_pack("{s:{s:s, s:s}}", "filter", "ENTITY_ID", contact, "ENTITY_TYPE",
+                               "contact"),
+                     200);
+    bool found = false;
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(r, "result"), i, c)
+    {
+        const char *text = json_string_value(json_object_get(c, "COMMENT"));
+        found = found || (text != NULL && strstr(text, needle) != NULL);
+    }
+    json_decref(r);
+    return found;
+}
+
+/*
+ * loyd is down while deals are won: the portal drops the webhooks it cannot deliver (Bitrix24
+ * never retries).  With the periodic sweep an hour away, the restart itself must read what
+ * changed meanwhile, so the purchases are awarded within seconds.
+ */
+START_TEST(test_restart_catches_up_at_once)
+{
+    char listen[32];
+    start(", sweep_interval_ms = 3600000", "{\"drain\": 20, \"burst\": 200}", NULL);
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", dport);
+    char *anna = new_customer("Anna");
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 5, 20000);
+    settle(20000);
+    kill(daemon_proc.pid, SIGKILL);
+    ck_assert_int_eq(loyd_e2e_wait_exit(&daemon_proc, 5000), 128 + SIGKILL);
+    long long failed = emu_calls("events_failed");
+    char *deals[3];
+    for (int i = 0; i < 3; i++)
+        deals[i] = won_deal(anna, "1000.00"); /* 30 points each */
+    for (int t = 0; t < 100 && emu_calls("events_failed") < failed + 3; t++)
+        usleep(100000);
+    ck_assert_int_ge(emu_calls("events_failed"), failed + 3); /* the portal gave up on them */
+
+    start_daemon(listen, ", sweep_interval_ms = 3600000");
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 95, 20000);
+    ck_assert_int_eq(metric("loyd_catchups_total"), 1);
+    settle(20000);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(card("deal", deals[i], "UF_CRM_LOYD_AWARDED"), 30);
+        free(deals[i]);
+    }
+    free(anna);
+}
+END_TEST
+
+/*
+ * Points as people count them, and the ledger as the truth: a 15,000 RUB purchase shows 450
+ * points on the deal (not 45000 kopecks), and a balance a manager typed over by hand is put
+ * back with a note on the timeline, once.
+ */
+START_TEST(test_hand_edited_balance_is_put_back)
+{
+    start("", "{\"drain\": 20, \"burst\": 200}", NULL);
+    char *anna = new_customer("Anna");
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 5, 20000);
+    char *deal = won_deal(anna, "15000.00");
+    wait_card("deal", deal, "UF_CRM_LOYD_AWARDED", 450, 20000);
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 455, 20000);
+    settle(20000);
+    ck_assert_int_eq(metric("loyd_fields_repaired_total"), 0);
+
+    json_decref(shop("crm.contact.update",
+                     json_pack("{s:s, s:{s:s}}", "id", anna, "fields", "UF_CRM_LOYD_BALANCE",
+                               "1"),
+                     200));
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 455, 20000);
+    settle(20000);
+    ck_assert_int_eq(metric("loyd_fields_repaired_total"), 1);
+    ck_assert_msg(comment_says(anna, "the balance was changed to 1; the ledger says 455 points"),
+                  "no repair note on the card");
+    /* The echo of loyd's own repair and further edits of other fields repair nothing. */
+    json_decref(shop("crm.contact.update",
+                     json_pack("{s:s, s:{s:s}}", "id", anna, "fields", "NAME", "Anna P."), 200));
+    settle(20000);
+    ck_assert_int_eq(metric("loyd_fields_repaired_total"), 1);
+    ck_assert_int_eq(card("contact", anna, "UF_CRM_LOYD_BALANCE"), 455);
+    /* A second edit later is put back again. */
+    json_decref(shop("crm.contact.update",
+                     json_pack("{s:s, s:{s:s}}", "id", anna, "fields", "UF_CRM_LOYD_BALANCE",
+                               "7"),
+                     200));
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 455, 20000);
+    settle(20000);
+    ck_assert_int_eq(metric("loyd_fields_repaired_total"), 2);
+    free(anna);
+    free(deal);
+}
+END_TEST
+
+/*
+ * SIGTERM while a write-back is on its way: the portal has applied it, its answer is slow.
+ * loyd waits for the answer and records the delivery before it exits, so the next start does
+ * not send it again.
+ */
+START_TEST(test_sigterm_records_delivered_writes)
+{
+    char listen[32];
+    start("", "{\"drain\": 20, \"burst\": 200}", NULL);
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", dport);
+    char *anna = new_customer("Anna");
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 5, 20000);
+    settle(20000);
+    long long updates = method_calls("crm.contact.update");
+
+    char *deal = won_deal(anna, "1000.00");
+    json_decref(shop("loyd.emu.fault", json_pack("{s:s, s:i}", "mode", "slow", "ms", 2500), 200));
+    for (int t = 0; t < 200 && method_calls("crm.contact.update") == updates; t++)
+        usleep(50000);
+    ck_assert_int_eq(method_calls("crm.contact.update"), updates + 1); /* applied, answer due */
+    kill(daemon_proc.pid, SIGTERM);
+    ck_assert_int_eq(loyd_e2e_wait_exit(&daemon_proc, 15000), 0);
+    json_decref(shop("loyd.emu.fault", json_pack("{s:s}", "mode", "none"), 200));
+
+    start_daemon(listen, "");
+    settle(20000);
+    ck_assert_int_eq(card("contact", anna, "UF_CRM_LOYD_BALANCE"), 35);
+    ck_assert_int_eq(method_calls("crm.contact.update"), updates + 1);
+    free(anna);
+    free(deal);
+}
+END_TEST
+
+/*
+ * Deleting a won deal is an ordinary CRM action: its points are reversed, the note says the
+ * deal was deleted (a lost one, that it was lost), and nothing becomes a dead letter or an
+ * error, although the deal card is gone and cannot be marked.
+ */
+START_TEST(test_lost_and_deleted_deals_say_so)
+{
+    start("", "{\"drain\": 20, \"burst\": 200}", NULL);
+    char *anna = new_customer("Anna");
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 5, 20000);
+    char *lost = won_deal(anna, "1000.00"), *gone = won_deal(anna, "2000.00");
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 95, 20000);
+    deal_update(lost, json_pack("{s:s}", "STAGE_ID", "LOSE"));
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 65, 20000);
+    json_decref(shop("crm.deal.delete", json_pack("{s:s}", "id", gone), 200));
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 5, 20000);
+    settle(20000);
+    char want[64];
+    snprintf(want, sizeof(want), "Deal %s was lost:", lost);
+    ck_assert_msg(comment_says(anna, want), "no \"%s\" note", want);
+    snprintf(want, sizeof(want), "Deal %s was deleted:", gone);
+    ck_assert_msg(comment_says(anna, want), "no \"%s\" note", want);
+    ck_assert_msg(!comment_says(anna, "reopened"), "a lost or deleted deal called reopened");
+    ck_assert_int_eq(metric("loyd_writebacks_total{outcome=\"dead\"}"), 0);
+    ck_assert_int_eq(metric("loyd_dead_letters"), 0);
+    ck_assert_int_eq(metric("loyd_inbox_dead_total"), 0);
+    char *log = loyd_e2e_log(&daemon_proc);
+    ck_assert_msg(strstr(log, "<3>") == NULL && strstr(log, "<4>") == NULL,
+                  "errors or warnings logged:\n%s", log);
+    free(log);
+    free(anna);
+    free(lost);
+    free(gone);
+}
+END_TEST
+
+/*
+ * A contact created on its birthday, after the day's job has run, still gets the birthday
+ * offer that day (in the tenant's zone, Europe/Moscow: UTC+3), once.
+ */
+START_TEST(test_birthday_on_the_day_of_creation)
+{
+    start("", "{\"drain\": 20, \"burst\": 200}", NULL);
+    ck_assert(loyd_e2e_wait_log(&daemon_proc, "daily jobs of", 10000, NULL));
+    time_t now = time(NULL) + 3 * 3600;
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char born[40];
+    snprintf(born, sizeof(born), "%04d-%02d-%02d", tm.tm_year + 1900 - 30, tm.tm_mon + 1,
+             tm.tm_mday);
+    char *anna = shop_add("crm.contact.add", json_pack("{s:s, s:s}", "NAME", "Anna", "BIRTHDATE",
+                                                       born));
+    wait_card("contact", anna, "UF_CRM_LOYD_BALANCE", 5, 20000);
+    settle(20000);
+    ck_assert_msg(comment_says(anna, "Personal offer BDAY-"), "no birthday offer on the card");
+    json_t *r = shop("crm.activity.list", json_pack("{s:{s:s}}", "filter", "OWNER_ID", anna),
+                     200);
+    char *text = json_dumps(r, 0);
+    ck_assert_msg(strstr(text, "Congratulate on the birthday") != NULL, "no task: %s", text);
+    free(text);
+    json_decref(r);
+    /* A second look at the contact gives nothing twice. */
+    json_decref(shop("crm.contact.update",
+                     json_pack("{s:s, s:{s:s}}", "id", anna, "fields", "NAME", "Anna P."), 200));
+    settle(20000);
+    ck_assert_int_eq(comments_on(anna), 1);
+    free(anna);
 }
 END_TEST
 
@@ -463,6 +675,11 @@ Suite *e2e_b24_suite(void)
     tcase_add_test(tc, test_503_burst_then_every_write_lands);
     tcase_add_test(tc, test_sigkill_under_load);
     tcase_add_test(tc, test_oauth_app_install_and_refresh);
+    tcase_add_test(tc, test_restart_catches_up_at_once);
+    tcase_add_test(tc, test_hand_edited_balance_is_put_back);
+    tcase_add_test(tc, test_sigterm_records_delivered_writes);
+    tcase_add_test(tc, test_lost_and_deleted_deals_say_so);
+    tcase_add_test(tc, test_birthday_on_the_day_of_creation);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -282,6 +282,13 @@ START_TEST(test_bad_pack_settings_refuse_to_start)
     loyd_e2e_write(dir, "tenants.d/acme.conf", "connector = \"bitrix24\"\npack = \"retail\"\n"
                                                "timezone = \"Mars/Olympus\"\n");
     expect_refusal("loyd.conf", (const char *const[]){"Mars/Olympus", NULL});
+    /* What the connector refuses names the tenant file and line, as the daemon's errors do. */
+    loyd_e2e_write(dir, "tenants.d/acme.conf",
+                   "connector = \"bitrix24\"\npack = \"retail\"\ncrm = {\n"
+                   "  application_token = \"51856fefc120afa4b628cc82d3935cce\",\n"
+                   "  rate = \"fast\",\n}\n");
+    expect_refusal("loyd.conf",
+                   (const char *const[]){"tenants.d/acme.conf:5: key 'crm.rate': expected", NULL});
 }
 END_TEST
 

@@ -68,6 +68,19 @@ static int rec_kv_put_real(void *hctx, const char *key, const char *value, loyd_
     return rc;
 }
 
+static struct loyd_buf logged; /* what the connector logged, "<level>text\n" a line */
+
+static void rec_log(void *hctx, int level, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    loyd_buf_printf(&logged, "<%d>%s\n", level, line);
+    loyd_host_api.log(hctx, level, "%s", line);
+}
+
 static int rec_http_start(void *hctx, const struct loyd_http_opts *o, loyd_http_done_cb cb,
                           void *arg)
 {
@@ -200,6 +213,8 @@ static void base_setup(void)
     api = loyd_host_api;
     api.kv_put = rec_kv_put_real;
     api.http_start = rec_http_start;
+    api.log = rec_log;
+    loyd_buf_reset(&logged);
     trace = json_array();
     ck_assert_int_eq(loyd_plugin_bitrix24.init(&api, plug_ctx, NULL, &pstate), 0);
 }
@@ -266,6 +281,7 @@ static void teardown(void)
     loyd_host_ctx_destroy(t_ctx);
     t_ctx = NULL;
     json_decref(trace);
+    loyd_buf_free(&logged);
     ck_assert_int_eq(uv_loop_close(&loop), 0);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
@@ -456,8 +472,8 @@ START_TEST(test_enrich_won_deal_with_contact)
     ck_assert_str_eq(json_string_value(json_object_get(c, "birthday")), "1990-05-17");
     ck_assert_str_eq(json_string_value(json_object_get(c, "phone")), "+79990001122");
     ck_assert_str_eq(json_string_value(json_object_get(c, "email")), "anna@example.com");
-    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(c, "fields"), "balance")),
-                     1250);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(c, "fields"), "balance")),
+                     "1250");
     ck_assert(json_is_true(json_object_get(json_object_get(c, "attributes"), "review_left")));
     json_decref(s);
 
@@ -587,8 +603,9 @@ START_TEST(test_write_ops_and_provision_once)
     /* the enrich echo shows loyd's fields */
     int err;
     json_t *s = enrich("contact", "1", "update", &err);
-    ck_assert_int_eq(json_integer_value(json_object_get(
-                         json_object_get(json_array_get(s, 0), "fields"), "balance")), 1250);
+    /* Points as the card shows them: the host reads them in the pack's unit. */
+    ck_assert_str_eq(json_string_value(json_object_get(
+                         json_object_get(json_array_get(s, 0), "fields"), "balance")), "1250");
     ck_assert_str_eq(json_string_value(json_object_get(
                          json_object_get(json_array_get(s, 0), "fields"), "tier")), "gold");
     json_decref(s);
@@ -724,6 +741,151 @@ START_TEST(test_429_operating_limit)
     run_until(&w.done);
     ck_assert_int_eq(w.results[0], 0);
     ck_assert_int_eq(emu_calls("crm.contact.update"), updates + 1);
+}
+END_TEST
+
+static const struct b24_hold *hold_of(const char *method)
+{
+    return b24_portal_hold_of(b24_rest_portal(((struct b24_tenant *)tenant)->rest), method);
+}
+
+static uint64_t held_for(const char *method)
+{
+    return b24_portal_held_for(b24_rest_portal(((struct b24_tenant *)tenant)->rest), method,
+                               loyd_host_now_ms(&host));
+}
+
+/* Starts writing one item; its result lands in @p w. */
+static void write_start(const char *json_item, struct eres *w)
+{
+    char buf[2048];
+    snprintf(buf, sizeof(buf), "[%s]", json_item);
+    json_t *items = json_loads(buf, 0, NULL);
+    ck_assert_ptr_nonnull(items);
+    memset(w, 0, sizeof(*w));
+    ck_assert_int_eq(loyd_plugin_bitrix24.connector->write(tenant, items, on_write, w), 0);
+    json_decref(items);
+}
+
+static void wait_limit_errors(uint64_t n)
+{
+    while (stats().limit_errors < n)
+        uv_run(&loop, UV_RUN_ONCE);
+}
+
+/* A read of contact 1: another method, and a nudge that makes the client look at its queue. */
+static void read_contact(void)
+{
+    int err;
+    json_t *s = enrich("contact", "1", "update", &err);
+    ck_assert_int_eq(err, 0);
+    json_decref(s);
+}
+
+START_TEST(test_429_without_reset_time)
+{
+    /* "batch" accounting: the nested methods' good answers carry no operating figures either,
+     * so nothing tells loyd when the update's baskets drop out. */
+    b24emu_emulator.stop(emu_state);
+    start_emu("{" EMU_BASE ",\"rate\":{\"drain\":1000,\"burst\":1000},"
+              "\"operating_batch\":\"batch\"}");
+    crm_id("crm.contact.add", "{\"fields\":{\"NAME\":\"X\"}}");
+    open_tenant(NULL);
+    emu_fault("{\"mode\":\"429\",\"method\":\"crm.contact.update\",\"count\":2}");
+    struct eres w;
+    write_start(CONTACT_FIELDS(1, 1), &w);
+    wait_limit_errors(1);
+    /* The first hold is one basket, and it holds that method only. */
+    const struct b24_hold *h = hold_of("crm.contact.update");
+    ck_assert_ptr_nonnull(h);
+    ck_assert_uint_eq(h->hold_ms, 60000);
+    ck_assert_uint_eq(h->strikes, 1);
+    ck_assert_uint_gt(held_for("crm.contact.update"), 0);
+    ck_assert_uint_eq(held_for("batch"), 0);
+    ck_assert_uint_eq(held_for("crm.contact.get"), 0);
+    long long updates = emu_calls("crm.contact.update");
+    read_contact();
+    ck_assert(!w.done);
+    ck_assert_int_eq(emu_calls("crm.contact.update"), updates);
+    /* The minute passes (the host's clock is moved, nothing sleeps): refused again, held twice
+     * as long. */
+    host.clock_offset_ms += 61 * 1000;
+    read_contact();
+    wait_limit_errors(2);
+    ck_assert_int_eq(emu_calls("crm.contact.update"), updates + 1);
+    ck_assert_uint_eq(h->hold_ms, 120000);
+    ck_assert_uint_eq(h->strikes, 2);
+    ck_assert(!w.done);
+    host.clock_offset_ms += 60 * 1000;
+    read_contact();
+    ck_assert(!w.done); /* a minute is not enough any more */
+    ck_assert_int_eq(emu_calls("crm.contact.update"), updates + 1);
+    host.clock_offset_ms += 61 * 1000;
+    read_contact();
+    run_until(&w.done);
+    ck_assert_int_eq(w.results[0], 0);
+    ck_assert_uint_eq(h->strikes, 0);
+    /* After a success, a new refusal starts from one basket again. */
+    emu_fault("{\"mode\":\"429\",\"method\":\"crm.contact.update\",\"count\":1}");
+    write_start(CONTACT_FIELDS(1, 2), &w);
+    wait_limit_errors(3);
+    ck_assert_uint_eq(h->hold_ms, 60000);
+    ck_assert_uint_eq(h->strikes, 1);
+    host.clock_offset_ms += 61 * 1000;
+    read_contact();
+    run_until(&w.done);
+    ck_assert_int_eq(w.results[0], 0);
+    ck_assert_int_eq(stats().transport_errors, 0);
+}
+END_TEST
+
+START_TEST(test_429_first_retry_at_last_reset)
+{
+    /* The docs: "For the first retry, refer to operating_reset_at from the last successful
+     * response."  Before it no basket drops out, so an earlier retry would only be refused. */
+    crm_id("crm.contact.add", "{\"fields\":{\"NAME\":\"X\"}}");
+    open_tenant(NULL);
+    ck_assert_int_eq(write1(CONTACT_FIELDS(1, 1)), 0);
+    const struct b24_hold *h = hold_of("crm.contact.update");
+    ck_assert_ptr_nonnull(h);
+    ck_assert_uint_gt(h->reset_at, loyd_host_now_ms(&host));
+    emu_fault("{\"mode\":\"429\",\"method\":\"crm.contact.update\",\"count\":1}");
+    struct eres w;
+    write_start(CONTACT_FIELDS(1, 2), &w);
+    wait_limit_errors(1);
+    ck_assert_uint_eq(h->until, h->reset_at);
+    ck_assert_uint_gt(h->hold_ms, 120000); /* the emulator's oldest basket: 9-10 minutes */
+    ck_assert_uint_le(h->hold_ms, 600000);
+    host.clock_offset_ms += (int64_t)h->hold_ms - 30000;
+    read_contact();
+    ck_assert(!w.done);
+    host.clock_offset_ms += 31000;
+    read_contact();
+    run_until(&w.done);
+    ck_assert_int_eq(w.results[0], 0);
+}
+END_TEST
+
+START_TEST(test_wrong_webhook_code)
+{
+    crm_id("crm.contact.add", "{\"fields\":{\"NAME\":\"X\"}}");
+    char buf[512];
+    snprintf(buf, sizeof(buf), "{\"webhook_url\":\"http://127.0.0.1:%d/rest/1/c0de1/\"}", port);
+    open_tenant_json(buf);
+    int err;
+    json_t *s = enrich("contact", "1", "update", &err);
+    ck_assert_ptr_null(s);
+    /* It waits for the configuration to be fixed, as a refused token does... */
+    ck_assert_int_eq(err, LOYD_ETOKEN);
+    ck_assert_ptr_nonnull(strstr(loyd_strerror(err), "wrong webhook code"));
+    /* ...but the words are the webhook code's, with what to check, and never the code. */
+    const char *log = logged.data != NULL ? logged.data : "";
+    ck_assert_msg(strstr(log, "refused the inbound-webhook code (HTTP 401 NO_AUTH_FOUND)") != NULL,
+                  "%s", log);
+    ck_assert_ptr_nonnull(strstr(log, "check crm.webhook_url"));
+    ck_assert_ptr_null(strstr(log, "expired"));
+    ck_assert_ptr_null(strstr(log, "c0de1"));
+    ck_assert_int_eq(write1(CONTACT_FIELDS(1, 1)), LOYD_ETOKEN);
 }
 END_TEST
 
@@ -1081,6 +1243,9 @@ Suite *b24_connector_suite(void)
     tcase_add_test(tc, test_bucket_respected);
     tcase_add_test(tc, test_503_burst_then_success);
     tcase_add_test(tc, test_429_operating_limit);
+    tcase_add_test(tc, test_429_without_reset_time);
+    tcase_add_test(tc, test_429_first_retry_at_last_reset);
+    tcase_add_test(tc, test_wrong_webhook_code);
     tcase_add_test(tc, test_oauth_expired_one_refresh);
     tcase_add_test(tc, test_oauth_invalid_grant);
     tcase_add_test(tc, test_close_during_refresh);

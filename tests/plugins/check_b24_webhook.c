@@ -98,6 +98,22 @@ static void *open_tenant(const char *crm_json)
     return t;
 }
 
+/* Opens a tenant with @p crm_json; @return what tenant_open returned (the tenant is closed). */
+static int open_rc(const char *crm_json)
+{
+    void *plugin_state = NULL;
+    json_t *crm = json_loads(crm_json, 0, NULL);
+    void *t = NULL;
+    ck_assert_ptr_nonnull(crm);
+    ck_assert_int_eq(loyd_plugin_bitrix24.init(&host, NULL, NULL, &plugin_state), 0);
+    int rc = b24_tenant_open(plugin_state, NULL, crm, &t);
+    json_decref(crm);
+    if (rc == 0)
+        b24_tenant_close(t);
+    loyd_plugin_bitrix24.destroy(plugin_state);
+    return rc;
+}
+
 static int parse(void *t, const char *body, const char *ctype, json_t **notices, char *msg)
 {
     struct loyd_http_header h = {"Content-Type", ctype};
@@ -242,6 +258,59 @@ START_TEST(test_install_then_events)
 }
 END_TEST
 
+#define LOOPBACK_ONLY                                                                              \
+    "http:// is accepted only for a loopback address (127.0.0.1, ::1, localhost); use https://"
+
+START_TEST(test_http_only_for_loopback)
+{
+    /* https anywhere; plain http only to this machine (the emulator, a local proxy). */
+    static const char *const ok[] = {
+        "https://shop.bitrix24.ru/rest/1/abc/", "http://127.0.0.1:8080/rest/1/abc/",
+        "http://127.3.4.5/rest/1/abc/",         "http://localhost/rest/1/abc/",
+        "HTTP://LocalHost:99/rest/1/abc/",      "http://[::1]:9000/rest/1/abc/",
+    };
+    static const char *const refused[] = {
+        "http://shop.bitrix24.ru/rest/1/abc/",     "http://10.0.0.1/rest/1/abc/",
+        "http://127.0.0.1.example.com/rest/1/a/",  "http://localhost.example.com/rest/1/a/",
+        "http://127.0.0.1@shop.example.com/rest/1/a/", "http://[::2]/rest/1/abc/",
+        "http://128.0.0.1/rest/1/abc/",
+    };
+    char buf[256];
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        snprintf(buf, sizeof(buf), "{\"webhook_url\":\"%s\"}", ok[i]);
+        loyd_buf_reset(&logged);
+        ck_assert_msg(open_rc(buf) == 0, "%s refused: %s", ok[i], logged.data);
+        ck_assert_ptr_null(strstr(logged.data ? logged.data : "", "https://"));
+    }
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        snprintf(buf, sizeof(buf), "{\"webhook_url\":\"%s\"}", refused[i]);
+        loyd_buf_reset(&logged);
+        ck_assert_msg(open_rc(buf) == LOYD_ECONFIG, "%s accepted", refused[i]);
+        ck_assert_ptr_nonnull(strstr(logged.data, "crm.webhook_url: " LOOPBACK_ONLY));
+    }
+    /* The OAuth app's addresses follow the same rule. */
+    loyd_buf_reset(&logged);
+    ck_assert_int_eq(
+        open_rc("{\"client_id\":\"app.1\",\"rest_url\":\"http://shop.example.com/rest/\"}"),
+        LOYD_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(logged.data, "crm.rest_url: " LOOPBACK_ONLY));
+    loyd_buf_reset(&logged);
+    ck_assert_int_eq(open_rc("{\"client_id\":\"app.1\",\"oauth_url\":"
+                             "\"http://oauth.example.com/oauth/token/\"}"),
+                     LOYD_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(logged.data, "crm.oauth_url: " LOOPBACK_ONLY));
+    loyd_buf_reset(&logged);
+    ck_assert_int_eq(open_rc("{\"client_id\":\"app.1\",\"rest_url\":\"http://127.0.0.1:1/rest/\","
+                             "\"oauth_url\":\"http://[::1]:2/oauth/token/\"}"),
+                     0);
+    /* Another scheme is no URL loyd can call. */
+    loyd_buf_reset(&logged);
+    ck_assert_int_eq(open_rc("{\"webhook_url\":\"ftp://shop.example.com/rest/1/abc/\"}"),
+                     LOYD_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(logged.data, "crm.webhook_url: expected an https:// URL"));
+}
+END_TEST
+
 START_TEST(test_schema_is_the_connectors)
 {
     const struct loyd_plugin *p;
@@ -264,6 +333,7 @@ Suite *b24_webhook_suite(void)
     tcase_add_test(tc, test_member_id_pinned);
     tcase_add_test(tc, test_malformed);
     tcase_add_test(tc, test_install_then_events);
+    tcase_add_test(tc, test_http_only_for_loopback);
     tcase_add_test(tc, test_schema_is_the_connectors);
     suite_add_tcase(s, tc);
     return s;

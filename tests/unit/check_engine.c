@@ -134,7 +134,7 @@ static int64_t raw_int(const char *sql)
 START_TEST(test_retail_flow)
 {
     struct loyd_engine *e = engine("acme", "rules/retail");
-    ck_assert_str_eq(loyd_engine_pack_version(e), "1.0.0");
+    ck_assert_str_eq(loyd_engine_pack_version(e), "1.1.0");
     ck_assert_int_eq(process(e, CREATED("43")), 0);
     ck_assert_int_eq(balance("acme", "43"), 500);
 
@@ -160,7 +160,7 @@ START_TEST(test_retail_flow)
     ck_assert_int_ge(json_array_size(json_object_get(tr, "handlers")), 1);
     ck_assert_int_ge(json_array_size(json_object_get(tr, "accepted")), 1);
     ck_assert(json_is_array(json_object_get(tr, "rejected")));
-    ck_assert_str_eq(json_string_value(json_object_get(ev, "pack_version")), "1.0.0");
+    ck_assert_str_eq(json_string_value(json_object_get(ev, "pack_version")), "1.1.0");
     json_decref(ev);
 
     /* A write-back was queued. */
@@ -337,6 +337,84 @@ START_TEST(test_runaway_rule_isolated)
 }
 END_TEST
 
+static void raw_exec(const char *sql)
+{
+    sqlite3 *db;
+    char *msg = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, msg ? msg : "?");
+    sqlite3_close(db);
+}
+
+/*
+ * A purchase paid partly with points, then refunded (the deal lost): the store takes the rows
+ * the reversal writes, the spent points are back in the lots they came from, the deal's rows
+ * net to 0.  (The daemon logged "ledger entry 0 refused" here and gave nothing back.)
+ */
+START_TEST(test_refund_after_redemption)
+{
+    struct loyd_engine *e = engine("acme", "rules/retail");
+    ck_assert_int_eq(process(e, CREATED("43")), 0);
+    ck_assert_int_eq(process(e, WON("7", "100000", "0")), 0);
+    ck_assert_int_eq(balance("acme", "43"), 3500);
+    /* 1000 points pay for part of 10000; 3% cashback on the 9000 paid in money. */
+    ck_assert_int_eq(process(e, WON("9", "10000", "1000")), 0);
+    ck_assert_int_eq(balance("acme", "43"), 3500 - 1000 + 270);
+    ck_assert_int_eq(raw_int("SELECT -SUM(points) FROM ledger WHERE kind = 'redeem' AND "
+                             "ref = '9'"),
+                     1000);
+    ck_assert_int_eq(process(e, "{\"type\":\"deal.reopened\",\"key\":\"deal:9:reopened:1\","
+                                "\"reason\":\"lost\",\"at\":1772366600000,"
+                                "\"deal\":{\"id\":\"9\",\"contact_id\":\"43\"}}"),
+                     0);
+    ck_assert_int_eq(balance("acme", "43"), 3500);
+    ck_assert_int_eq(raw_int("SELECT SUM(points) FROM ledger WHERE ref = '9'"), 0);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM dead_letters"), 0);
+    /* The lots are as they were before deal 9: the welcome lot and deal 7's cashback. */
+    json_t *lots = NULL;
+    ck_assert_int_eq(loyd_store_lots_open(st, "acme", "43", &lots), 0);
+    ck_assert_int_eq(json_array_size(lots), 2);
+    int64_t want[2] = {500, 3000};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *l = json_array_get(lots, i);
+        ck_assert_str_eq(json_string_value(json_object_get(l, "kind")), "award");
+        ck_assert_int_eq(json_integer_value(json_object_get(l, "remaining")), want[i]);
+    }
+    json_decref(lots);
+    /* A second refund of the same deal gives nothing more. */
+    ck_assert_int_eq(process(e, "{\"type\":\"deal.reopened\",\"key\":\"deal:9:reopened:2\","
+                                "\"at\":1772366700000,"
+                                "\"deal\":{\"id\":\"9\",\"contact_id\":\"43\"}}"),
+                     0);
+    ck_assert_int_eq(balance("acme", "43"), 3500);
+    loyd_engine_destroy(e);
+}
+END_TEST
+
+/* An event that cannot be applied as it is leaves a dead letter with the reason. */
+START_TEST(test_refused_event_dead_letter)
+{
+    struct loyd_engine *e = engine("acme", "rules/retail");
+    ck_assert_int_eq(process(e, CREATED("43")), 0);
+    /* A row no writer of loyd's makes, as a hand edit of the database could. */
+    raw_exec("INSERT INTO ledger (tenant, member_id, event_key, kind, points, reason, created_ms)"
+             " SELECT tenant, member_id, event_key, 'adjust', 5, printf('%.300c', 'x'),"
+             " created_ms FROM ledger WHERE member_id = '43'");
+    ck_assert_int_eq(process(e, WON("7", "100000", "0")), -EINVAL);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM dead_letters WHERE tenant = 'acme' AND "
+                             "kind = 'event' AND ref = 'deal:7:won' AND "
+                             "error LIKE '%at most 256 bytes%' AND payload LIKE '%deal.won%'"),
+                     1);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM events WHERE event_key = 'deal:7:won'"), 0);
+    /* Other members go on. */
+    ck_assert_int_eq(process(e, CREATED("44")), 0);
+    ck_assert_int_eq(balance("acme", "44"), 500);
+    loyd_engine_destroy(e);
+}
+END_TEST
+
 START_TEST(test_bad_input)
 {
     struct loyd_engine *e = engine("acme", "rules/retail");
@@ -370,6 +448,8 @@ Suite *engine_suite(void)
     tcase_add_test(tc, test_campaign_budget_across_events);
     tcase_add_test(tc, test_store_remaps_provisional);
     tcase_add_test(tc, test_runaway_rule_isolated);
+    tcase_add_test(tc, test_refund_after_redemption);
+    tcase_add_test(tc, test_refused_event_dead_letter);
     tcase_add_test(tc, test_bad_input);
     suite_add_tcase(s, tc);
     return s;

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Ledger math: lots spent oldest-expiring first, reversal with partial spend under both
- * negative-balance policies, debt, expiry, windows for caps, campaign totals, row validation. */
+ * negative-balance policies, debt, expiry, windows for caps, campaign totals, row validation,
+ * and that every row the math writes is one the store takes (loyd_ledger_entry_check). */
 #include <check.h>
 #include <errno.h>
 #include <string.h>
@@ -147,6 +148,147 @@ START_TEST(test_reverse_returns_redemption)
 }
 END_TEST
 
+/* Every row in @p rows is one the store takes (the same check its apply runs). */
+static void assert_storable(const json_t *rows)
+{
+    size_t i;
+    json_t *r;
+    json_array_foreach(rows, i, r)
+    {
+        const char *kind = json_string_value(json_object_get(r, "kind"));
+        int64_t points = json_integer_value(json_object_get(r, "points"));
+        int64_t lot = json_integer_value(json_object_get(r, "lot_id"));
+        const char *why = loyd_ledger_entry_check(kind, points, lot);
+        ck_assert_msg(why == NULL, "row %zu (%s, %lld points, lot %lld): %s", i, kind,
+                      (long long)points, (long long)lot, why);
+    }
+}
+
+/* The refund of a purchase paid partly with points: the points come back, in rows the store
+ * takes, into the lots they came from, and only once. */
+START_TEST(test_reverse_redemption_storable)
+{
+    struct loyd_reversal rv;
+    json_t *out = json_array();
+
+    ck_assert_int_eq(loyd_ledger_award(&lg, 500000, "cashback", "1", NULL, T0 + 300 * DAY, T0,
+                                       NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 500, "welcome", NULL, NULL, T0 + 10 * DAY, T0, NULL,
+                                       &err), 0);
+    /* Deal 3: 300,000 paid with points (the welcome lot first: it expires first), then 6000
+     * cashback on the rest. */
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 300000, "paid with points", "3", false, T0, NULL,
+                                        &err), 0);
+    ck_assert_int_eq(remaining(1), 200500);
+    ck_assert_int_eq(remaining(2), 0);
+    ck_assert_int_eq(loyd_ledger_award(&lg, 6000, "cashback", "3", NULL, 0, T0, NULL, &err), 0);
+    ck_assert_int_eq(lg.balance, 206500);
+
+    ck_assert_int_eq(loyd_ledger_reverse(&lg, "3", "deal 3 lost", false, T0 + DAY, out, &rv,
+                                         &err), 0);
+    ck_assert_int_eq(rv.returned, 300000);
+    ck_assert_int_eq(rv.reversed, 6000);
+    ck_assert_int_eq(rv.shortfall, 0);
+    ck_assert_int_eq(lg.balance, 500500); /* as before deal 3 */
+    ck_assert_int_eq(remaining(1), 500000);
+    ck_assert_int_eq(remaining(2), 500); /* back in its lot, which keeps its expiry */
+    ck_assert_int_eq(loyd_ledger_lot(&lg, 2)->expires_ms, T0 + 10 * DAY);
+    ck_assert_int_eq(json_array_size(out), 3);
+    assert_storable(out);
+    /* Points given back are adjust rows naming their lot. */
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(out, 0), "kind")),
+                     "adjust");
+    ck_assert_int_gt(json_integer_value(json_object_get(json_array_get(out, 0), "lot_id")), 0);
+
+    /* Replaying the rows gives the same state; a second reversal gives nothing back again. */
+    struct loyd_ledger again;
+    ck_assert_int_eq(loyd_ledger_init(&again, "m1", lg.rows, &err), 0);
+    ck_assert_int_eq(again.balance, 500500);
+    json_array_clear(out);
+    ck_assert_int_eq(loyd_ledger_reverse(&again, "3", "again", false, T0 + DAY, out, &rv, &err),
+                     0);
+    ck_assert_int_eq(rv.returned, 0);
+    ck_assert_int_eq(json_array_size(out), 0);
+    ck_assert_int_eq(again.balance, 500500);
+    loyd_ledger_deinit(&again);
+    json_decref(out);
+}
+END_TEST
+
+/* Beyond the balance (negative allowed) and an award already spent: still only storable rows. */
+START_TEST(test_unbacked_and_spent_storable)
+{
+    struct loyd_reversal rv;
+    json_t *out = json_array();
+
+    ck_assert_int_eq(loyd_ledger_award(&lg, 100, "a", NULL, NULL, 0, T0, out, &err), 0);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 150, "pay", "9", true, T0, out, &err), 0);
+    ck_assert_int_eq(lg.balance, -50);
+    assert_storable(out);
+    json_array_clear(out);
+    ck_assert_int_eq(loyd_ledger_reverse(&lg, "9", "refund", true, T0, out, &rv, &err), 0);
+    ck_assert_int_eq(rv.returned, 150);
+    ck_assert_int_eq(lg.balance, 100);
+    ck_assert_int_eq(lg.debt, 0);
+    assert_storable(out);
+    /* Once only, the unbacked part too. */
+    ck_assert_int_eq(loyd_ledger_reverse(&lg, "9", "again", true, T0, NULL, &rv, &err), 0);
+    ck_assert_int_eq(rv.returned, 0);
+    ck_assert_int_eq(lg.balance, 100);
+
+    /* An award spent in full, negative balance not allowed: nothing to take, and no 0 row. */
+    ck_assert_int_eq(loyd_ledger_award(&lg, 300, "cashback", "d", NULL, 0, T0, NULL, &err), 0);
+    ck_assert_int_eq(loyd_ledger_redeem(&lg, 400, "pay", "e", false, T0, NULL, &err), 0);
+    json_array_clear(out);
+    ck_assert_int_eq(loyd_ledger_reverse(&lg, "d", "reopened", false, T0, out, &rv, &err), 0);
+    ck_assert_int_eq(rv.reversed, 0);
+    ck_assert_int_eq(rv.shortfall, 300);
+    ck_assert_int_eq(json_array_size(out), 0);
+    json_decref(out);
+}
+END_TEST
+
+/* One definition of what a row may be; the ledger refuses to write anything else. */
+START_TEST(test_entry_check)
+{
+    static const struct {
+        const char *kind;
+        int64_t points, lot;
+        const char *why; /* NULL: valid */
+    } cases[] = {
+        {"award", 5, 0, NULL},
+        {"award", 5, 1, "open its own lot"},
+        {"award", -5, 0, "must be positive"},
+        {"redeem", -5, 1, NULL},
+        {"redeem", -5, 0, "name the lot"},
+        {"expire", -5, 0, "name the lot"},
+        {"reverse", -5, 1, NULL},
+        {"reverse", 5, 1, "must be negative"},
+        {"reverse", 0, 1, "must not be 0"},
+        {"adjust", 5, 1, NULL},
+        {"adjust", 5, 0, NULL},
+        {"adjust", -5, 0, NULL},
+        {"adjust", 5, -1, "lot_id"},
+        {"gift", 5, 0, "kind"},
+        {NULL, 5, 0, "kind"},
+        {"adjust", LOYD_LEDGER_MAX_POINTS + 1, 0, "10^12"},
+    };
+    for (size_t i = 0; i < LOYD_ARRAY_SIZE(cases); i++) {
+        const char *why = loyd_ledger_entry_check(cases[i].kind, cases[i].points, cases[i].lot);
+        if (cases[i].why == NULL)
+            ck_assert_msg(why == NULL, "case %zu: %s", i, why);
+        else
+            ck_assert_msg(why != NULL && strstr(why, cases[i].why) != NULL, "case %zu: %s", i,
+                          why ? why : "accepted");
+    }
+    ck_assert_int_eq(loyd_ledger_award(&lg, 100, "a", NULL, NULL, 0, T0, NULL, &err), 0);
+    json_t *row = json_pack("{s:s, s:i, s:i}", "kind", "reverse", "points", 10, "lot_id", 1);
+    ck_assert_int_eq(loyd_ledger_append_take(&lg, row, &err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.data, "must be negative"));
+    ck_assert_int_eq(lg.balance, 100);
+}
+END_TEST
+
 START_TEST(test_expire)
 {
     json_t *out = json_array();
@@ -271,6 +413,9 @@ Suite *ledger_suite(void)
     tcase_add_test(tc, test_reverse_partial_spend);
     tcase_add_test(tc, test_reverse_negative_allowed);
     tcase_add_test(tc, test_reverse_returns_redemption);
+    tcase_add_test(tc, test_reverse_redemption_storable);
+    tcase_add_test(tc, test_unbacked_and_spent_storable);
+    tcase_add_test(tc, test_entry_check);
     tcase_add_test(tc, test_expire);
     tcase_add_test(tc, test_windows_and_campaigns);
     tcase_add_test(tc, test_rows_validated);

@@ -444,9 +444,48 @@ START_TEST(test_retail_output)
     free(out);
     out = capture(run_check, dir, &rc);
     ck_assert_msg(rc == 0, "%s", out);
-    ck_assert_ptr_nonnull(strstr(out, "pack retail 1.0.0: 8 rule files"));
+    ck_assert_ptr_nonnull(strstr(out, "pack retail 1.1.0: 8 rule files"));
     free(out);
     free(dir);
+}
+END_TEST
+
+/* set_field{crm = false} is the pack's own bookkeeping: kept on the member, never written back. */
+START_TEST(test_set_field_crm_false)
+{
+    make_pack("return { ['deal.won'] = function(ev, m, s) return {\n"
+              "  set_field{ name = 'shown', value = 1 },\n"
+              "  set_field{ name = 'kept', value = 7, crm = false },\n"
+              "  set_field{ name = 'bad', value = 1, crm = 'no' },\n"
+              "} end,\n"
+              "  tick = function(ev, m, s) return {\n"
+              "  set_field{ name = 'kept', value = 8, crm = false },\n"
+              "} end }\n",
+              NULL);
+    int rc;
+    json_t *res = eval_json(WON, MEMBER, NULL, NULL, &rc);
+    ck_assert_int_eq(rc, 0);
+    json_t *attrs = json_object_get(json_object_get(res, "member"), "attributes");
+    ck_assert_int_eq(json_integer_value(json_object_get(attrs, "shown")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(attrs, "kept")), 7);
+    json_t *out = json_array_get(json_object_get(res, "outbox"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(out, "op")), "contact.fields");
+    json_t *fields = json_object_get(out, "fields");
+    ck_assert_int_eq(json_integer_value(json_object_get(fields, "shown")), 1);
+    ck_assert_ptr_null(json_object_get(fields, "kept"));
+    ck_assert_int_eq(json_array_size(json_object_get(res, "rejected")), 1);
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 0), "set_field: 'crm' must be true or false"));
+    json_decref(res);
+
+    /* Only bookkeeping changed: nothing to write to the CRM at all. */
+    res = eval_json("{\"type\":\"tick\",\"key\":\"tick:1\",\"at\":1772366400000,"
+                    "\"member_id\":\"43\"}",
+                    MEMBER, NULL, NULL, &rc);
+    ck_assert_int_eq(rc, 0);
+    attrs = json_object_get(json_object_get(res, "member"), "attributes");
+    ck_assert_int_eq(json_integer_value(json_object_get(attrs, "kept")), 8);
+    ck_assert_int_eq(json_array_size(json_object_get(res, "outbox")), 0);
+    json_decref(res);
 }
 END_TEST
 
@@ -461,6 +500,7 @@ Suite *rules_suite(void)
     tcase_add_test(tc, test_caps_and_budgets);
     tcase_add_test(tc, test_negative_policy_and_expiry);
     tcase_add_test(tc, test_birthday_once_and_view);
+    tcase_add_test(tc, test_set_field_crm_false);
     suite_add_tcase(s, tc);
     TCase *cli = tcase_create("commands");
     tcase_set_timeout(cli, 30);

@@ -4,7 +4,9 @@
  * global, memory cap, instruction cap, wall clock, pcall cannot swallow a kill, bytecode,
  * frozen globals and libraries, string metatable, tenant isolation, read-only inputs), JSON
  * fidelity (null, empty arrays, int64, integer-only, cycles, depth), determinism (seeded
- * random, frozen clock, dates) and reuse after a kill.  Fixtures: tests/data/sandbox/ (Lua files).
+ * random, frozen clock, dates), reuse after a kill, and pattern matching (backtracking and
+ * quadratic patterns stopped by the budget; results identical to stock Lua).  Fixtures:
+ * tests/data/sandbox/ (Lua files) and tests/data/packs/pattern_bomb.
  */
 #include <check.h>
 #include <errno.h>
@@ -15,6 +17,7 @@
 #include <string.h>
 
 #include "luajson.h"
+#include "rules.h"
 #include "sandbox.h"
 
 #define MiB (1024u * 1024)
@@ -400,6 +403,158 @@ START_TEST(test_wall_clock_budget)
 }
 END_TEST
 
+/* ---- pattern matching: C code the count hook cannot reach (issue 11) -------------------- */
+
+/* The issue's call: string.find(("a"):rep(50000), ("a-"):rep(30) .. "b").  Stock Lua runs it
+ * for minutes; the metered matcher stops it on the instruction budget (test_lim: 2 million,
+ * with 5 s of wall clock to spare, so "instructions" means the steps were counted). */
+START_TEST(test_pattern_find_bomb)
+{
+    expect_budget("pattern_find", "instructions");
+}
+END_TEST
+
+START_TEST(test_pattern_method_bomb)
+{
+    expect_budget("pattern_method", "instructions");
+}
+END_TEST
+
+START_TEST(test_pattern_gsub_gmatch_bombs)
+{
+    expect_budget("pattern_gsub", "instructions");
+    expect_budget("pattern_gmatch", "instructions");
+    expect_budget("pattern_gsub_function", "instructions");
+}
+END_TEST
+
+START_TEST(test_pattern_bomb_in_pcall)
+{
+    expect_budget("pattern_in_pcall", "instructions");
+    expect_budget("pattern_tail_pcall", "instructions");
+    expect_budget("pattern_retry", "instructions");
+}
+END_TEST
+
+/* Linear-looking calls that are quadratic in stock Lua: %b, a long plain needle, a long
+ * replacement string applied at every empty match. */
+START_TEST(test_pattern_quadratic_bombs)
+{
+    expect_budget("pattern_balance", "instructions");
+    expect_budget("pattern_plain", "instructions");
+    expect_budget("pattern_replacement", "instructions");
+}
+END_TEST
+
+/* The message is the one a `while true do end` rule gets. */
+START_TEST(test_pattern_bomb_same_error)
+{
+    struct loyd_buf e1 = {0}, e2 = {0};
+    json_t *res = NULL;
+
+    load_fixture(sb, "rules/bombs.lua", "bombs.lua");
+    ck_assert_int_eq(call(sb, "rules/bombs.lua", "infinite_loop", NULL, &res, &e1), LOYD_EBUDGET);
+    ck_assert_int_eq(call(sb, "rules/bombs.lua", "pattern_find", NULL, &res, &e2), LOYD_EBUDGET);
+    const char *want = "rule exceeded its CPU budget (instructions)";
+    ck_assert_msg(strstr(e1.data, want) != NULL, "%s", e1.data);
+    ck_assert_msg(strstr(e2.data, want) != NULL, "%s", e2.data);
+    loyd_buf_free(&e1);
+    loyd_buf_free(&e2);
+}
+END_TEST
+
+/* With an instruction budget that never runs out, the matcher's wall-clock check stops it. */
+START_TEST(test_pattern_bomb_wall_clock)
+{
+    struct loyd_sandbox_limits lim = {
+        .memory_bytes = 4 * MiB, .instructions = UINT64_C(1) << 50, .wall_ms = 100};
+    loyd_sandbox_destroy(sb);
+    ck_assert_int_eq(loyd_sandbox_create("wall", &lim, &sb), 0);
+    expect_budget("pattern_find", "wall clock");
+}
+END_TEST
+
+/* Runs patterns.lua's run() in a stock Lua state (lstrlib.c): the reference results. */
+static json_t *stock_pattern_results(void)
+{
+    size_t len;
+    char *src = read_fixture("patterns.lua", &len);
+    lua_State *L = luaL_newstate();
+    ck_assert_ptr_nonnull(L);
+    luaL_openlibs(L);
+    ck_assert_int_eq(luaL_loadbufferx(L, src, len, "=rules/patterns.lua", "t"), LUA_OK);
+    ck_assert_int_eq(lua_pcall(L, 0, 1, 0), LUA_OK);
+    lua_getfield(L, -1, "run");
+    int st = lua_pcall(L, 0, 1, 0);
+    ck_assert_msg(st == LUA_OK, "stock run: %s", lua_tostring(L, -1));
+    json_t *out = json_array();
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+        size_t l;
+        lua_geti(L, -1, i);
+        const char *s = lua_tolstring(L, -1, &l);
+        ck_assert_ptr_nonnull(s);
+        json_t *j = json_stringn(s, l);
+        ck_assert_msg(j != NULL, "stock result %d is not UTF-8", (int)i);
+        json_array_append_new(out, j);
+        lua_pop(L, 1);
+    }
+    lua_close(L);
+    free(src);
+    return out;
+}
+
+START_TEST(test_pattern_semantics_match_stock_lua)
+{
+    struct loyd_buf err = {0};
+    json_t *res = NULL, *want = stock_pattern_results();
+
+    load_fixture(sb, "rules/patterns.lua", "patterns.lua");
+    int rc = call(sb, "rules/patterns.lua", "run", NULL, &res, &err);
+    ck_assert_msg(rc == 0, "rc %d %s", rc, err.data ? err.data : "");
+    ck_assert(json_is_array(res));
+    ck_assert_uint_gt(json_array_size(want), 100);
+    ck_assert_uint_eq(json_array_size(res), json_array_size(want));
+    for (size_t i = 0; i < json_array_size(want); i++) {
+        const char *g = json_string_value(json_array_get(res, i));
+        const char *w = json_string_value(json_array_get(want, i));
+        ck_assert_msg(g != NULL && strcmp(g, w) == 0, "case %zu: sandbox %s, stock Lua %s", i + 1,
+                      g ? g : "(not a string)", w);
+    }
+    /* The harness itself: a few results spelled out. */
+    ck_assert_str_eq(json_string_value(json_array_get(res, 0)), "2:5,7");
+    ck_assert_str_eq(json_string_value(json_array_get(res, 14)), "2:3,5");
+    json_decref(res);
+    json_decref(want);
+    loyd_buf_free(&err);
+}
+END_TEST
+
+/* `loyd test` on a pack whose rule runs the issue's pattern reports the budget failure as the
+ * rule's error, and the pack's ordinary patterns still work. */
+START_TEST(test_pattern_bomb_pack)
+{
+    const char *root = getenv("LOYD_SRC");
+    char dir[1024];
+    snprintf(dir, sizeof(dir), "%s/tests/data/packs/pattern_bomb", root != NULL ? root : ".");
+    FILE *f = tmpfile();
+    ck_assert_ptr_nonnull(f);
+    int rc = loyd_pack_test_run(dir, NULL, f);
+    long n = ftell(f);
+    rewind(f);
+    char *out = calloc(1, (size_t)n + 1);
+    ck_assert_ptr_nonnull(out);
+    ck_assert_uint_eq(fread(out, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+    ck_assert_ptr_nonnull(strstr(out, "  ok   ordinary patterns work\n"));
+    ck_assert_ptr_nonnull(strstr(out, "  ok   a backtracking pattern fails on the CPU budget\n"));
+    ck_assert_ptr_nonnull(strstr(out, "  ok   pcall does not swallow the kill\n"));
+    ck_assert_ptr_nonnull(strstr(out, "3 passed, 0 failed\n"));
+    free(out);
+}
+END_TEST
+
 START_TEST(test_deep_recursion)
 {
     struct loyd_buf err = {0};
@@ -415,8 +570,9 @@ END_TEST
 
 START_TEST(test_usable_after_kill)
 {
-    static const char *const bombs[] = {"infinite_loop", "memory_bomb", "pcall_retry", "tail_pcall",
-                                        "rep_doubling"};
+    static const char *const bombs[] = {"infinite_loop",  "memory_bomb",     "pcall_retry",
+                                        "tail_pcall",     "rep_doubling",    "pattern_find",
+                                        "pattern_gmatch", "pattern_in_pcall"};
     struct loyd_buf err = {0};
     json_t *res = NULL;
 
@@ -1135,6 +1291,20 @@ Suite *sandbox_suite(void)
     tcase_add_test(tc, test_wall_clock_budget);
     tcase_add_test(tc, test_deep_recursion);
     tcase_add_test(tc, test_usable_after_kill);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("patterns");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_pattern_find_bomb);
+    tcase_add_test(tc, test_pattern_method_bomb);
+    tcase_add_test(tc, test_pattern_gsub_gmatch_bombs);
+    tcase_add_test(tc, test_pattern_bomb_in_pcall);
+    tcase_add_test(tc, test_pattern_quadratic_bombs);
+    tcase_add_test(tc, test_pattern_bomb_same_error);
+    tcase_add_test(tc, test_pattern_bomb_wall_clock);
+    tcase_add_test(tc, test_pattern_semantics_match_stock_lua);
+    tcase_add_test(tc, test_pattern_bomb_pack);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("load");

@@ -26,7 +26,7 @@
     XX(EPLUGIN, -5031, "plugin failed")                                                        \
     XX(ECRM, -5040, "CRM answered with an error")                                              \
     XX(ERATE, -5041, "CRM rate limit reached")                                                 \
-    XX(ETOKEN, -5042, "CRM token expired or revoked")
+    XX(ETOKEN, -5042, "CRM credentials refused: wrong webhook code, or token expired or revoked")
 
 enum loyd_err {
 #define XX(name, val, msg) LOYD_##name = (val),

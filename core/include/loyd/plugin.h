@@ -115,13 +115,16 @@ struct loyd_errbuf {
  *   {"entity": "deal"|"contact", "id": "759", "action": "add"|"update"|"delete"|"install",
  *    "crm_event": "ONCRMDEALUPDATE", "ts": 1736405807, ...connector extras}
  * Snapshots (enrich and sync output) are canonical, the same for every CRM:
- *   {"kind": "deal", "id": "759", "won": true, "stage": "C1:WON", "amount": 125000,
- *    "currency": "RUB", "contact_id": "43" (or absent), "redeem_points": 0,
+ *   {"kind": "deal", "id": "759", "won": true, "lost": true (a failure stage; or absent),
+ *    "stage": "C1:WON", "amount": 125000,
+ *    "currency": "RUB", "contact_id": "43" (or absent),
+ *    "redeem_points": "3000" (as the card shows it: points as people count them),
  *    "modified_at": <ms>}
  *   {"kind": "contact", "id": "43", "name": "Anna Petrova", "phone": "+7...", "email": "...",
  *    "birthday": "1990-02-28" (or absent), "modified_at": <ms>,
  *    "attributes": {...CRM fields the tenant maps to member attributes...},
- *    "fields": {...loyd's own CRM fields as the CRM shows them: "balance", "tier", ...}}
+ *    "fields": {...loyd's own CRM fields as the CRM shows them, strings or numbers:
+ *               "balance": "455.5" (points as people count them), "tier", ...}}
  *   {"kind": "deal"|"contact", "id": "759", "deleted": true}   (gone from the CRM)
  * Amounts are integers in minor units.  The host turns snapshots into canonical events
  * (deal.won, deal.reopened, ...) by comparing them with what it stored before, so every CRM

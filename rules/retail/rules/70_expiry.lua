@@ -1,6 +1,7 @@
 -- Points expiry.  The host writes expire rows for lots past their date by itself; this rule
 -- warns the manager (a CRM note) when points will expire within expiry_warning_days.  The
--- attribute expiry_warned_lot remembers the newest lot already warned about.
+-- attribute expiry_warned_lot remembers the newest lot already warned about; it is loyd's own
+-- bookkeeping, so it stays off the CRM card (crm = false).
 return {
   tick = function(ev, member, settings)
     local days = settings.expiry_warning_days
@@ -25,9 +26,9 @@ return {
       return nil
     end
     return {
-      note{ text = string.format("%d loyalty points expire on %s. Remind the customer to use them.",
-                                 points, first) },
-      set_field{ name = "expiry_warned_lot", value = newest },
+      note{ text = string.format("%s expire on %s. Remind the customer to use them.",
+                                 loyd.format_points(points), first) },
+      set_field{ name = "expiry_warned_lot", value = newest, crm = false },
     }
   end,
 }

@@ -7,7 +7,28 @@ return {
     expect = {
       effects = { { kind = "award", points = 3000 },
                   { kind = "reverse", ref = "759", reversed = 3000, shortfall = 0 },
-                  { kind = "note", text = "Deal 759 was reopened: its loyalty points were reversed." } },
+                  { kind = "note", text = "Deal 759 was reopened: the loyalty points it earned "
+                                          .. "were taken back and any points that paid for it "
+                                          .. "were returned." } },
+      balance = 0,
+    } },
+  { name = "a lost deal is called lost, a deleted one deleted, not reopened",
+    now = "2026-03-01", member = { tier = "bronze" },
+    events = { { type = "deal.won", deal = { id = "759", amount = 100000 } },
+               { type = "deal.reopened", reason = "lost", deal = { id = "759" } },
+               { type = "deal.won", deal = { id = "760", amount = 100000 } },
+               { type = "deal.reopened", reason = "deleted", deal = { id = "760" } } },
+    expect = {
+      effects = { { kind = "award" },
+                  { kind = "reverse", reason = "deal 759 lost", reversed = 3000 },
+                  { kind = "note", text = "Deal 759 was lost: the loyalty points it earned "
+                                          .. "were taken back and any points that paid for it "
+                                          .. "were returned." },
+                  { kind = "award" },
+                  { kind = "reverse", reason = "deal 760 deleted", reversed = 3000 },
+                  { kind = "note", text = "Deal 760 was deleted: the loyalty points it earned "
+                                          .. "were taken back and any points that paid for it "
+                                          .. "were returned." } },
       balance = 0,
     } },
   { name = "spent points are not taken below zero by default",

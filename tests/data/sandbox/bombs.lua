@@ -68,6 +68,64 @@ M.wall_clock = function()
   end
 end
 
+-- Pattern matching runs in C without hooks: one backtracking call took minutes (issue 11).
+local function subject() return ("a"):rep(50000) end
+local function backtracker() return ("a-"):rep(30) .. "b" end
+
+M.pattern_find = function()
+  return string.find(subject(), backtracker())
+end
+
+-- Through the string metatable (s:match), not the library table.
+M.pattern_method = function()
+  local s = subject()
+  return s:match(backtracker())
+end
+
+M.pattern_gsub = function()
+  return (string.gsub(subject(), backtracker(), "x"))
+end
+
+M.pattern_gmatch = function()
+  local n = 0
+  for _ in subject():gmatch(backtracker()) do n = n + 1 end
+  return n
+end
+
+M.pattern_in_pcall = function()
+  local ok, err = pcall(string.find, subject(), backtracker())
+  return { ok = ok, err = tostring(err) }
+end
+
+-- pcall hands (false, msg) straight back to the host: no instruction runs after the kill.
+M.pattern_tail_pcall = function()
+  return pcall(string.match, subject(), backtracker())
+end
+
+-- Retrying forever, each time inside a fresh pcall.
+M.pattern_retry = function()
+  while true do pcall(string.gsub, subject(), backtracker(), "") end
+end
+
+-- A kill inside a replacement function unwinds the gsub that called it.
+M.pattern_gsub_function = function()
+  return (subject():gsub("a", function(c) return subject():find(backtracker()) end))
+end
+
+-- Linear-looking patterns that are quadratic: %b rescans from every start, a plain find of a
+-- long needle compares it at every candidate, a long replacement with empty matches.
+M.pattern_balance = function()
+  return string.find(("("):rep(1000000), "%b()")
+end
+
+M.pattern_plain = function()
+  return string.find(("a"):rep(1000000), ("a"):rep(500000) .. "b", 1, true)
+end
+
+M.pattern_replacement = function()
+  return #string.gsub(("a"):rep(100000), "", ("%0"):rep(500000))
+end
+
 -- Deep recursion.
 M.recurse = function()
   local function f(n) return 1 + f(n + 1) end
