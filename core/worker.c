@@ -414,6 +414,30 @@ static int apply_event(struct loyd_worker *w, const json_t *ev, const char *stat
 }
 
 /*
+ * Applies an event the host itself makes about a contact (learned at sync, repaired), not the
+ * rules: @p ap names its key, type, member and rows; the tenant, the event text and the time
+ * are filled in here.  @return 0 when on_applied will continue the unit, or the store's error.
+ */
+static int host_event_apply(struct loyd_worker *w, struct loyd_apply *ap)
+{
+    struct applying *a = loyd_xcalloc(1, sizeof(*a));
+    a->w = w;
+    a->event = json_pack("{s:s, s:s, s:I, s:{s:s}}", "type", ap->event_type, "key", ap->event_key,
+                         "at", (json_int_t)now_ms(w), "contact", "id", ap->member_id);
+    char *event_text = json_dumps(a->event, JSON_COMPACT);
+    ap->tenant = w->tenant;
+    ap->event_json = event_text;
+    ap->applied_ms = now_ms(w);
+    int rc = loyd_store_apply(w->env.store, ap, on_applied, a);
+    if (rc != 0) {
+        json_decref(a->event);
+        free(a);
+    }
+    free(event_text);
+    return rc;
+}
+
+/*
  * A contact met at the start-up sync: the member learns the birthday and name the CRM shows,
  * and a balance already on the card (from an earlier loyalty system) becomes an opening lot,
  * unless loyd already has a ledger for the member.
@@ -449,31 +473,18 @@ static int learn_contact(struct loyd_worker *w, const json_t *snap, const char *
                                              .reason = "opening balance shown on the CRM card"};
     key = loyd_xasprintf("contact:%s:learned", id);
     member_text = json_dumps(profile, JSON_COMPACT);
-    struct applying *a = loyd_xcalloc(1, sizeof(*a));
-    a->w = w;
-    a->event = json_pack("{s:s, s:s, s:I, s:{s:s}}", "type", "contact.learned", "key", key, "at",
-                         (json_int_t)now_ms(w), "contact", "id", id);
-    char *event_text = json_dumps(a->event, JSON_COMPACT);
     struct loyd_apply ap = {
-        .tenant = w->tenant,
         .event_key = key,
         .event_type = "contact.learned",
-        .event_json = event_text,
         .member_id = id,
         .member_json = member_text,
         .ledger = open_lot ? &opening : NULL,
         .n_ledger = open_lot ? 1 : 0,
-        .applied_ms = now_ms(w),
         .state_key = state_key,
         .state_json = state_text,
     };
-    rc = loyd_store_apply(w->env.store, &ap, on_applied, a);
-    if (rc != 0) {
-        json_decref(a->event);
-        free(a);
-    }
+    rc = host_event_apply(w, &ap);
     w->stats.learned++;
-    free(event_text);
     free(member_text);
     free(key);
     json_decref(profile);
@@ -643,33 +654,21 @@ static int repair_fields(struct loyd_worker *w, const json_t *snap, const char *
     char *fix_text = json_dumps(outbox_fix, JSON_COMPACT);
     char *note_text = json_dumps(note, JSON_COMPACT);
     struct loyd_outbox_item out[2] = {{.payload_json = fix_text}, {.payload_json = note_text}};
-    struct applying *a = loyd_xcalloc(1, sizeof(*a));
-    a->w = w;
-    a->event = json_pack("{s:s, s:s, s:I, s:{s:s}}", "type", "contact.repaired", "key", key, "at",
-                         (json_int_t)now_ms(w), "contact", "id", id);
-    char *event_text = json_dumps(a->event, JSON_COMPACT);
     struct loyd_apply ap = {
-        .tenant = w->tenant,
         .event_key = key,
         .event_type = "contact.repaired",
-        .event_json = event_text,
         .member_id = id,
         .outbox = out,
         .n_outbox = 2,
-        .applied_ms = now_ms(w),
         .state_key = state_key,
         .state_json = state_text,
     };
-    rc = loyd_store_apply(w->env.store, &ap, on_applied, a);
-    if (rc != 0) {
-        json_decref(a->event);
-        free(a);
-    } else {
+    rc = host_event_apply(w, &ap);
+    if (rc == 0) {
         w->stats.fields_repaired += nfix;
         loyd_log_notice(WORKER, "tenant=%s contact %s: %s; putting the card back", w->tenant, id,
                         what.data);
     }
-    free(event_text);
     free(fix_text);
     free(note_text);
     json_decref(outbox_fix);
