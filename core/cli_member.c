@@ -19,7 +19,9 @@
 #include <strings.h>
 #include <time.h>
 
+#include "cli_common.h"
 #include "config.h"
+#include "contact_match.h"
 #include "ledger.h"
 #include "log.h"
 #include "pack.h"
@@ -28,8 +30,7 @@
 #include "tz.h"
 #include "util.h"
 
-/* Where the packaged service keeps its config (packaging/loyd.service). */
-#define DEFAULT_CONFIG "/etc/loyd/loyd.conf"
+#define DEFAULT_CONFIG LOYD_CLI_DEFAULT_CONFIG
 #define MEMBER_ROWS 20                /* ledger rows `loyd member` shows without --all */
 #define PAGE 1000                     /* rows per store read */
 #define CONTACT_PREFIX "crm:contact:" /* the worker's kv key of a contact's CRM state */
@@ -72,36 +73,6 @@ static const char ledger_usage[] =
     "Exit status: 0 listed (maybe no rows); 1 the member is not found, or the config, pack or\n"
     "store cannot be used; 2 usage error.\n";
 
-struct cli {
-    const char *verb; /* "member" or "ledger", for messages */
-    const char *config_path;
-    struct loyd_config *cfg;
-    struct loyd_tenant_config *tenant;
-    struct loyd_points_unit unit;
-    struct loyd_store *store;
-};
-
-static void fail(const struct cli *c, const char *fmt, ...) LOYD_PRINTF(2, 3);
-static void fail(const struct cli *c, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "loyd %s: ", c->verb);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-/* Multi-line problem text (config, pack), one "file:line: message" per line, as it is. */
-static void fail_lines(const struct loyd_buf *b)
-{
-    if (b->len > 0) {
-        fputs(b->data, stderr);
-        if (b->data[b->len - 1] != '\n')
-            fputc('\n', stderr);
-    }
-}
-
 static const char *sfield(const json_t *o, const char *k)
 {
     return json_string_value(json_object_get(o, k));
@@ -109,24 +80,10 @@ static const char *sfield(const json_t *o, const char *k)
 
 /* ---- formatting --------------------------------------------------------------------------- */
 
-/* Local time of @p ms in the tenant's zone (TZ is set to it in cli_open). */
-static void local_tm(int64_t ms, struct tm *tm)
-{
-    time_t t = (time_t)(ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000));
-    localtime_r(&t, tm);
-}
-
-static void fmt_date(int64_t ms, char out[16])
-{
-    struct tm tm;
-    local_tm(ms, &tm);
-    strftime(out, 16, "%Y-%m-%d", &tm);
-}
-
 static void fmt_datetime(int64_t ms, char out[32])
 {
     struct tm tm;
-    local_tm(ms, &tm);
+    loyd_cli_local_tm(ms, &tm);
     strftime(out, 32, "%Y-%m-%d %H:%M", &tm);
 }
 
@@ -134,19 +91,10 @@ static void fmt_datetime(int64_t ms, char out[32])
 static void fmt_iso(int64_t ms, char out[40])
 {
     struct tm tm;
-    local_tm(ms, &tm);
+    loyd_cli_local_tm(ms, &tm);
     long off = tm.tm_gmtoff / 60;
     size_t n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(out + n, 40 - n, "%c%02ld:%02ld", off < 0 ? '-' : '+', labs(off) / 60, labs(off) % 60);
-}
-
-/* @p v ledger units as people count them, "455 points"; @p sign adds '+' to a gain. */
-static void fmt_points(const struct cli *c, int64_t v, bool sign, char out[80])
-{
-    size_t n = 0;
-    if (sign && v > 0)
-        out[n++] = '+';
-    loyd_points_format(v, &c->unit, LOYD_POINTS_GROUP | LOYD_POINTS_UNIT, out + n, 80 - n);
 }
 
 /* Minor currency units as "15,000.00 RUB" (two decimals: kopecks, cents). */
@@ -160,273 +108,7 @@ static void fmt_money(int64_t minor, const char *currency, char out[64])
              currency != NULL && currency[0] != '\0' ? " " : "", currency ? currency : "");
 }
 
-/* Display width of UTF-8 text: code points (names are often Cyrillic). */
-static size_t text_width(const char *s)
-{
-    size_t w = 0;
-    for (; *s != '\0'; s++)
-        if (((unsigned char)*s & 0xc0) != 0x80)
-            w++;
-    return w;
-}
-
-/* A small text table: columns padded to their widest cell, two spaces apart. */
-struct table {
-    size_t ncols, nrows;
-    const char *align; /* 'l' or 'r' per column */
-    char **cells;      /* nrows * ncols, owned */
-};
-
-static void table_add(struct table *t, const char *const *cells)
-{
-    t->cells = loyd_xrealloc(t->cells, (t->nrows + 1) * t->ncols * sizeof(*t->cells));
-    for (size_t i = 0; i < t->ncols; i++)
-        t->cells[t->nrows * t->ncols + i] = loyd_xstrdup(cells[i] != NULL ? cells[i] : "");
-    t->nrows++;
-}
-
-static void table_print(struct table *t, const char *indent, FILE *f)
-{
-    size_t *w = loyd_xcalloc(t->ncols, sizeof(*w));
-    for (size_t r = 0; r < t->nrows; r++)
-        for (size_t i = 0; i < t->ncols; i++) {
-            size_t cw = text_width(t->cells[r * t->ncols + i]);
-            if (cw > w[i])
-                w[i] = cw;
-        }
-    for (size_t r = 0; r < t->nrows; r++) {
-        /* Trailing empty cells would only leave spaces at the end of the line. */
-        size_t last = t->ncols;
-        while (last > 1 && t->cells[r * t->ncols + last - 1][0] == '\0')
-            last--;
-        fputs(indent, f);
-        for (size_t i = 0; i < last; i++) {
-            const char *cell = t->cells[r * t->ncols + i];
-            size_t pad = w[i] - text_width(cell);
-            if (t->align[i] == 'r')
-                fprintf(f, "%*s%s", (int)pad, "", cell);
-            else if (i + 1 < last)
-                fprintf(f, "%s%*s", cell, (int)pad, "");
-            else
-                fputs(cell, f);
-            if (i + 1 < last)
-                fputs("  ", f);
-        }
-        fputc('\n', f);
-    }
-    free(w);
-    for (size_t i = 0; i < t->nrows * t->ncols; i++)
-        free(t->cells[i]);
-    free(t->cells);
-    t->cells = NULL;
-    t->nrows = 0;
-}
-
-/* ---- opening: config, tenant, pack (for its unit), time zone, store ----------------------- */
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/*
- * Loads tenant @p name's file.  Only that file: another tenant's file may hold secrets from
- * the daemon's environment that this shell does not have.
- */
-static int tenant_load(struct cli *c, const char *name)
-{
-    const char *dir = c->cfg->tenants_dir;
-    DIR *dh = opendir(dir);
-    char **names = NULL;
-    size_t n = 0;
-    bool found = false;
-    struct dirent *de;
-    int rc = 1;
-
-    if (dh == NULL) {
-        if (errno == ENOENT)
-            fail(c, "the tenants folder %s (from %s) does not exist", dir, c->cfg->path);
-        else
-            fail(c, "cannot read the tenants folder %s: %s", dir, strerror(errno));
-        return 1;
-    }
-    while ((de = readdir(dh)) != NULL) {
-        size_t len = strlen(de->d_name);
-        if (de->d_name[0] == '.' || len <= 5 || strcmp(de->d_name + len - 5, ".conf") != 0)
-            continue;
-        names = loyd_xrealloc(names, (n + 1) * sizeof(*names));
-        names[n] = loyd_xstrndup(de->d_name, len - 5);
-        found = found || strcmp(names[n], name) == 0;
-        n++;
-    }
-    closedir(dh);
-    if (n > 0)
-        qsort(names, n, sizeof(*names), cmp_str);
-
-    if (!found) {
-        struct loyd_buf known = {0};
-        for (size_t i = 0; i < n; i++)
-            loyd_buf_printf(&known, "%s%s", i ? ", " : "", names[i]);
-        const char *hint = loyd_suggest(name, (const char *const *)names, n);
-        fail(c, "unknown tenant '%s': no %s.conf in %s (%s%s)%s%s%s", name, name, dir,
-             n > 0 ? "known tenants: " : "it has no tenant files", n > 0 ? known.data : "",
-             hint ? "; did you mean '" : "", hint ? hint : "", hint ? "'?" : "");
-        loyd_buf_free(&known);
-        goto out;
-    }
-    struct loyd_buf err = {0};
-    char *path = loyd_xasprintf("%s/%s.conf", dir, name);
-    if (loyd_tenant_config_load(path, &c->tenant, &err) != 0) {
-        fail_lines(&err);
-        fail(c, "cannot load the tenant file %s", path);
-    } else {
-        rc = 0;
-    }
-    free(path);
-    loyd_buf_free(&err);
-out:
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
-    return rc;
-}
-
-/* The points unit of the tenant's pack, loaded as the daemon loads it. */
-static int unit_load(struct cli *c)
-{
-    struct loyd_buf err = {0};
-    struct loyd_pack *p = NULL;
-    char *dir = loyd_tenant_pack_dir(c->cfg, c->tenant);
-    int rc = loyd_pack_load(dir, c->cfg->packs_dir, &p, &err);
-
-    if (rc != 0) {
-        fail_lines(&err);
-        /* Guessing the unit could show 45500 points where a person has 455: refuse. */
-        fail(c, "cannot load the pack '%s' (%s) of tenant '%s': it says how points are counted",
-             c->tenant->pack, dir, c->tenant->name);
-    } else {
-        c->unit = p->points;
-    }
-    loyd_pack_destroy(p);
-    loyd_buf_free(&err);
-    free(dir);
-    return rc != 0 ? 1 : 0;
-}
-
-static int cli_open(struct cli *c, const char *tenant)
-{
-    struct loyd_buf err = {0};
-    const char *path = c->config_path != NULL ? c->config_path : DEFAULT_CONFIG;
-    int tz, rc;
-
-    /* Only problems reach stderr; the store's own error lines say what SQLite said. */
-    loyd_log_set_level(LOYD_LOG_ERR);
-    if ((rc = loyd_config_load(path, &c->cfg, &err)) != 0) {
-        if (rc == -ENOENT && c->config_path == NULL)
-            fail(c, "no config at %s (the default): give the daemon's with -c FILE", path);
-        else {
-            fail_lines(&err);
-            fail(c, "cannot load the config %s", path);
-        }
-        loyd_buf_free(&err);
-        return 1;
-    }
-    if (tenant_load(c, tenant) != 0 || unit_load(c) != 0)
-        return 1;
-    if (loyd_tz_offset_min(c->tenant->timezone, time(NULL), &tz, &err) != 0) {
-        fail(c, "%s in %s", err.data, c->tenant->path);
-        loyd_buf_free(&err);
-        return 1;
-    }
-    /* Every date shown is the tenant's: this process has no other use for local time. */
-    setenv("TZ", c->tenant->timezone, 1);
-    tzset();
-
-    rc = loyd_store_open_readonly(c->cfg->store, &c->store);
-    if (rc == -ENOENT) {
-        fail(c,
-             "the store %s does not exist (`store` in %s; the daemon creates it when it "
-             "first starts)",
-             c->cfg->store, c->cfg->path);
-        return 1;
-    }
-    if (rc != 0) {
-        fail(c, "cannot open the store %s: %s", c->cfg->store, loyd_strerror(rc));
-        return 1;
-    }
-    return 0;
-}
-
-static void cli_close(struct cli *c)
-{
-    loyd_store_destroy(c->store);
-    loyd_tenant_config_free(c->tenant);
-    loyd_config_free(c->cfg);
-}
-
-static int store_failed(const struct cli *c, const char *what, int rc)
-{
-    fail(c, "reading %s from the store %s: %s", what, c->cfg->store, loyd_strerror(rc));
-    return 1;
-}
-
 /* ---- finding a member ----------------------------------------------------------------------- */
-
-/*
- * The digits a phone is compared on, into @p out (at least 32 bytes): "+7 916 123-45-67" and
- * "8 (916) 123-45-67" are both "79161234567" (a Russian trunk 8 is the country code 7; not
- * after a '+', where 8 starts other countries' codes).  With @p strict, @p s must look like a
- * phone: digits, spaces, ( ) - . and one leading +, at least 5 digits.
- */
-static bool phone_digits(const char *s, bool strict, char *out)
-{
-    size_t n = 0;
-    bool plus = false, lead = true;
-
-    for (; *s != '\0'; s++) {
-        if (*s >= '0' && *s <= '9') {
-            if (n < 31)
-                out[n++] = *s;
-            lead = false;
-        } else if (*s == '+' && lead && !plus) {
-            plus = true;
-        } else if (strchr(" ()-.\t", *s) == NULL && strict) {
-            return false;
-        }
-    }
-    out[n] = '\0';
-    if (!plus && n == 11 && out[0] == '8')
-        out[0] = '7';
-    return n >= (strict ? 5u : 1u);
-}
-
-/* Whether a contact field (a string, or a list of them) holds phone @p digits / email. */
-static bool field_has(const json_t *v, const char *want, bool phone)
-{
-    if (json_is_array(v)) {
-        size_t i;
-        json_t *e;
-        json_array_foreach(v, i, e)
-        {
-            if (field_has(e, want, phone))
-                return true;
-        }
-        return false;
-    }
-    const char *s = json_string_value(v);
-    if (s == NULL)
-        return false;
-    if (phone) {
-        char d[32];
-        return phone_digits(s, false, d) && strcmp(d, want) == 0;
-    }
-    while (*s == ' ')
-        s++;
-    size_t n = strlen(s);
-    while (n > 0 && s[n - 1] == ' ')
-        n--;
-    return n == strlen(want) && strncasecmp(s, want, n) == 0;
-}
 
 /* The first string of a contact field (a string or a list of them), or NULL. */
 static const char *field_first(const json_t *v)
@@ -449,7 +131,7 @@ static void member_clear(struct member *m)
 }
 
 /* Looks @p id up as a contact id: 0 found, -ENOENT, or a store error (printed). */
-static int by_id(struct cli *c, const char *id, struct member *m)
+static int by_id(struct loyd_cli *c, const char *id, struct member *m)
 {
     char *key = loyd_xasprintf(CONTACT_PREFIX "%s", id), *text = NULL;
     json_t *row = NULL;
@@ -457,14 +139,14 @@ static int by_id(struct cli *c, const char *id, struct member *m)
 
     if (rc != 0 && rc != -ENOENT) {
         free(key);
-        store_failed(c, "a member", rc);
+        loyd_cli_store_failed(c, "a member", rc);
         return rc;
     }
     int krc = loyd_store_kv_get(c->store, c->tenant->name, key, &text);
     free(key);
     if (krc != 0) {
         json_decref(row);
-        store_failed(c, "a contact", krc);
+        loyd_cli_store_failed(c, "a contact", krc);
         return krc;
     }
     if (row == NULL && text == NULL)
@@ -480,7 +162,7 @@ static int by_id(struct cli *c, const char *id, struct member *m)
  * Resolves @p who (a contact id, a phone or an email) to one member.  @return 0 found; 1 not
  * found, several found, or a store error (each printed).
  */
-static int member_find(struct cli *c, const char *who, struct member *m)
+static int member_find(struct loyd_cli *c, const char *who, struct member *m)
 {
     const char *tenant = c->tenant->name;
     char want[320], digits[32];
@@ -502,78 +184,57 @@ static int member_find(struct cli *c, const char *who, struct member *m)
         snprintf(want, sizeof(want), "%s", who);
         for (size_t n = strlen(want); n > 0 && want[n - 1] == ' '; n--)
             want[n - 1] = '\0';
-    } else if (phone_digits(who, true, digits)) {
+    } else if (loyd_phone_digits(who, true, digits)) {
         phone = true;
         snprintf(want, sizeof(want), "%s", digits);
     } else {
-        fail(c,
-             "tenant '%s' has no member or contact with the id '%s' (and it is not a phone "
-             "or an email to search for)",
-             tenant, who);
+        loyd_cli_fail(
+            c,
+            "tenant '%s' has no member or contact with the id '%s' (and it is not a phone "
+            "or an email to search for)",
+            tenant, who);
         goto out;
     }
 
-    /* Every contact loyd has read from the CRM, page by page. */
-    char *after = loyd_xstrdup("");
-    for (;;) {
-        json_t *page = NULL, *e;
-        size_t i;
-        if ((rc = loyd_store_kv_scan(c->store, tenant, CONTACT_PREFIX, after, PAGE, &page)) != 0) {
-            store_failed(c, "contacts", rc);
-            free(after);
-            goto out;
-        }
-        json_array_foreach(page, i, e)
-        {
-            json_t *st = json_loads(sfield(e, "value") ? sfield(e, "value") : "", 0, NULL);
-            scanned++;
-            if (st != NULL &&
-                field_has(json_object_get(st, email ? "email" : "phone"), want, phone))
-                json_array_append_new(
-                    matches, json_pack("[s,o]", sfield(e, "key") + strlen(CONTACT_PREFIX), st));
-            else
-                json_decref(st);
-        }
-        size_t n = json_array_size(page);
-        if (n > 0) {
-            free(after);
-            after = loyd_xstrdup(sfield(json_array_get(page, n - 1), "key"));
-        }
-        json_decref(page);
-        if (n < PAGE)
-            break;
+    /* Every contact loyd has read from the CRM (the same match as a "referred by" field). */
+    json_decref(matches);
+    if ((rc = loyd_contacts_matching(c->store, tenant, phone, want, &matches, &scanned)) != 0) {
+        loyd_cli_store_failed(c, "contacts", rc);
+        goto out;
     }
-    free(after);
 
     size_t n = json_array_size(matches);
     if (n == 0) {
         if (phone)
-            fail(c,
-                 "no contact of tenant '%s' has the phone %s (compared as the digits %s with "
-                 "the %zu contacts loyd has read from the CRM), and no member has that id",
-                 tenant, who, want, scanned);
+            loyd_cli_fail(
+                c,
+                "no contact of tenant '%s' has the phone %s (compared as the digits %s with "
+                "the %zu contacts loyd has read from the CRM), and no member has that id",
+                tenant, who, want, scanned);
         else
-            fail(c,
-                 "no contact of tenant '%s' has the email %s (compared ignoring case with the "
-                 "%zu contacts loyd has read from the CRM), and no member has that id",
-                 tenant, want, scanned);
+            loyd_cli_fail(
+                c,
+                "no contact of tenant '%s' has the email %s (compared ignoring case with the "
+                "%zu contacts loyd has read from the CRM), and no member has that id",
+                tenant, want, scanned);
         goto out;
     }
     if (n > 1) {
-        struct table t = {.ncols = 4, .align = "llll"};
+        struct loyd_cli_table t = {.ncols = 4, .align = "llll"};
         size_t i;
         json_t *e;
-        fail(c, "%zu contacts of tenant '%s' have the %s %s; name one by its contact id:", n,
-             tenant, phone ? "phone" : "email", who);
+        loyd_cli_fail(c,
+                      "%zu contacts of tenant '%s' have the %s %s; name one by its contact id:", n,
+                      tenant, phone ? "phone" : "email", who);
         json_array_foreach(matches, i, e)
         {
             const json_t *st = json_array_get(e, 1);
             const char *cells[] = {json_string_value(json_array_get(e, 0)), sfield(st, "name"),
                                    field_first(json_object_get(st, "phone")),
                                    field_first(json_object_get(st, "email"))};
-            table_add(&t, cells);
+            loyd_cli_table_add(&t, cells);
         }
-        table_print(&t, "  ", stderr);
+        loyd_cli_table_print(&t, "  ", stderr);
         goto out;
     }
     /* One contact: read it as an id, with its member row. */
@@ -591,7 +252,7 @@ out:
  * "expires_on", and "deal" {id, amount, currency, amount_display} when the row's event was a
  * deal with an amount.
  */
-static void row_enrich(struct cli *c, json_t *row)
+static void row_enrich(struct loyd_cli *c, json_t *row)
 {
     char buf[80], iso[40];
     int64_t at = json_integer_value(json_object_get(row, "created_ms"));
@@ -599,10 +260,10 @@ static void row_enrich(struct cli *c, json_t *row)
 
     fmt_iso(at, iso);
     json_object_set_new(row, "at", json_string(iso));
-    fmt_points(c, json_integer_value(json_object_get(row, "points")), true, buf);
+    loyd_cli_fmt_points(c, json_integer_value(json_object_get(row, "points")), true, buf);
     json_object_set_new(row, "points_display", json_string(buf));
     if (json_is_integer(exp)) {
-        fmt_date(json_integer_value(exp), buf);
+        loyd_cli_fmt_date(json_integer_value(exp), buf);
         json_object_set_new(row, "expires_on", json_string(buf));
     } else {
         json_object_set_new(row, "expires_on", json_null());
@@ -625,7 +286,7 @@ static void row_enrich(struct cli *c, json_t *row)
 }
 
 /* One enriched row as table cells: date, [member,] kind, points, event, reason, amount. */
-static void row_cells(const json_t *row, bool with_member, struct table *t)
+static void row_cells(const json_t *row, bool with_member, struct loyd_cli_table *t)
 {
     char date[32];
     fmt_datetime(json_integer_value(json_object_get(row, "created_ms")), date);
@@ -639,17 +300,7 @@ static void row_cells(const json_t *row, bool with_member, struct table *t)
                             amount};
     if (!with_member)
         memmove(&cells[1], &cells[2], 5 * sizeof(cells[0]));
-    table_add(t, cells);
-}
-
-static void print_json(const json_t *v)
-{
-    char *text = json_dumps(v, JSON_INDENT(2));
-    if (text != NULL) {
-        fputs(text, stdout);
-        fputc('\n', stdout);
-        free(text);
-    }
+    loyd_cli_table_add(t, cells);
 }
 
 /* ---- argument parsing ------------------------------------------------------------------------ */
@@ -736,7 +387,7 @@ static int args_parse(const char *verb, int argc, char **argv, bool ledger, stru
 
 /* ---- loyd member ---------------------------------------------------------------------------- */
 
-static int member_show(struct cli *c, const struct member *m, bool all, bool as_json)
+static int member_show(struct loyd_cli *c, const struct member *m, bool all, bool as_json)
 {
     const char *tenant = c->tenant->name;
     json_t *lots = NULL, *rows = NULL, *out = NULL;
@@ -745,12 +396,12 @@ static int member_show(struct cli *c, const struct member *m, bool all, bool as_
     int rc;
 
     if ((rc = loyd_store_balance(c->store, tenant, m->id, &balance)) != 0)
-        return store_failed(c, "the balance", rc);
+        return loyd_cli_store_failed(c, "the balance", rc);
     if ((rc = loyd_store_lots_open(c->store, tenant, m->id, &lots)) != 0)
-        return store_failed(c, "the lots", rc);
+        return loyd_cli_store_failed(c, "the lots", rc);
     if ((rc = loyd_store_ledger_list(c->store, tenant, m->id, &rows)) != 0) {
         json_decref(lots);
-        return store_failed(c, "the ledger", rc);
+        return loyd_cli_store_failed(c, "the ledger", rc);
     }
     size_t total = json_array_size(rows),
            from = all || total <= MEMBER_ROWS ? 0 : total - MEMBER_ROWS;
@@ -780,11 +431,11 @@ static int member_show(struct cli *c, const struct member *m, bool all, bool as_
             int64_t at = json_integer_value(json_object_get(l, "created_ms"));
             json_t *exp = json_object_get(l, "expires_ms");
             char d1[16], d2[16], p1[80], p2[80];
-            fmt_date(at, d1);
-            fmt_points(c, pts, false, p1);
-            fmt_points(c, left, false, p2);
+            loyd_cli_fmt_date(at, d1);
+            loyd_cli_fmt_points(c, pts, false, p1);
+            loyd_cli_fmt_points(c, left, false, p2);
             if (json_is_integer(exp))
-                fmt_date(json_integer_value(exp), d2);
+                loyd_cli_fmt_date(json_integer_value(exp), d2);
             json_array_append_new(
                 jl,
                 json_pack("{s:O, s:I, s:s, s:I, s:s, s:I, s:s, s:O, s:s?, s:b, s:O, s:O}", "id",
@@ -796,7 +447,7 @@ static int member_show(struct cli *c, const struct member *m, bool all, bool as_
                           json_object_get(l, "reason") ? json_object_get(l, "reason") : json_null(),
                           "event_key", json_object_get(l, "event_key")));
         }
-        fmt_points(c, balance, false, buf);
+        loyd_cli_fmt_points(c, balance, false, buf);
         out = json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:b, s:s?, s:{s:s, s:I}, s:I, s:s, s:o, "
                         "s:I, s:O}",
                         "tenant", tenant, "contact_id", m->id, "name", name, "phone", phone,
@@ -804,7 +455,7 @@ static int member_show(struct cli *c, const struct member *m, bool all, bool as_
                         c->unit.unit, "minor", (json_int_t)c->unit.minor, "balance",
                         (json_int_t)balance, "balance_display", buf, "lots", jl, "ledger_total",
                         (json_int_t)total, "ledger", shown);
-        print_json(out);
+        loyd_cli_print_json(out);
         goto done;
     }
 
@@ -818,51 +469,52 @@ static int member_show(struct cli *c, const struct member *m, bool all, bool as_
     if (email != NULL)
         printf("email     %s\n", email);
     printf("tier      %s\n", tier ? tier : "-");
-    fmt_points(c, balance, false, buf);
+    loyd_cli_fmt_points(c, balance, false, buf);
     printf("balance   %s\n", buf);
 
     if (json_array_size(lots) == 0) {
         printf("lots      none open\n");
     } else {
-        struct table t = {.ncols = 3, .align = "rll"};
+        struct loyd_cli_table t = {.ncols = 3, .align = "rll"};
         size_t i;
         json_t *l;
-        table_add(&t, (const char *const[]){"points left", "awarded on", "expires on"});
+        loyd_cli_table_add(&t, (const char *const[]){"points left", "awarded on", "expires on"});
         json_array_foreach(lots, i, l)
         {
             char p[80], d1[16], d2[48];
             json_t *exp = json_object_get(l, "expires_ms");
-            fmt_points(c, json_integer_value(json_object_get(l, "remaining")), false, p);
-            fmt_date(json_integer_value(json_object_get(l, "created_ms")), d1);
+            loyd_cli_fmt_points(c, json_integer_value(json_object_get(l, "remaining")), false, p);
+            loyd_cli_fmt_date(json_integer_value(json_object_get(l, "created_ms")), d1);
             if (json_is_integer(exp)) {
-                fmt_date(json_integer_value(exp), d2);
+                loyd_cli_fmt_date(json_integer_value(exp), d2);
                 if (json_integer_value(exp) <= now)
                     strcat(d2, " (past: not expired yet)");
             } else {
                 strcpy(d2, "never");
             }
-            table_add(&t, (const char *const[]){p, d1, d2});
+            loyd_cli_table_add(&t, (const char *const[]){p, d1, d2});
         }
         printf("lots\n");
-        table_print(&t, "  ", stdout);
+        loyd_cli_table_print(&t, "  ", stdout);
     }
 
     if (total == 0) {
         printf("ledger    no rows\n");
     } else {
-        struct table t = {.ncols = 6, .align = "llrlll"};
+        struct loyd_cli_table t = {.ncols = 6, .align = "llrlll"};
         size_t i;
         json_t *r;
         if (from > 0)
             printf("ledger    last %d of %zu rows (--all for every row)\n", MEMBER_ROWS, total);
         else
             printf("ledger    %zu row%s\n", total, total == 1 ? "" : "s");
-        table_add(&t, (const char *const[]){"date", "kind", "points", "event", "reason", "deal"});
+        loyd_cli_table_add(
+            &t, (const char *const[]){"date", "kind", "points", "event", "reason", "deal"});
         json_array_foreach(shown, i, r)
         {
             row_cells(r, false, &t);
         }
-        table_print(&t, "  ", stdout);
+        loyd_cli_table_print(&t, "  ", stdout);
     }
 done:
     json_decref(out);
@@ -874,7 +526,7 @@ done:
 
 int loyd_cmd_member(int argc, char **argv)
 {
-    struct cli c = {.verb = "member"};
+    struct loyd_cli c = {.verb = "member"};
     struct member m = {0};
     struct args a;
     int rc = args_parse("member", argc, argv, false, &a);
@@ -886,10 +538,10 @@ int loyd_cmd_member(int argc, char **argv)
         return 0;
     }
     c.config_path = a.config;
-    if ((rc = cli_open(&c, a.pos[0])) == 0 && (rc = member_find(&c, a.pos[1], &m)) == 0)
+    if ((rc = loyd_cli_open(&c, a.pos[0])) == 0 && (rc = member_find(&c, a.pos[1], &m)) == 0)
         rc = member_show(&c, &m, a.all, a.json);
     member_clear(&m);
-    cli_close(&c);
+    loyd_cli_close(&c);
     fflush(stdout);
     return rc;
 }
@@ -904,16 +556,16 @@ static bool since_parse(const char *s, uint64_t *out)
     if (loyd_date_parse(s, 0, &utc) != 0)
         return false;
     /* The zone's offset on that day (summer time included). */
-    local_tm(utc, &tm);
+    loyd_cli_local_tm(utc, &tm);
     int64_t ms = utc - (int64_t)tm.tm_gmtoff * 1000;
     *out = ms > 0 ? (uint64_t)ms : 0;
     return true;
 }
 
 /* Prints one page of enriched rows. */
-static void ledger_print(struct cli *c, json_t *rows, bool as_json, size_t *printed)
+static void ledger_print(struct loyd_cli *c, json_t *rows, bool as_json, size_t *printed)
 {
-    struct table t = {.ncols = 7, .align = "lllrlll"}; /* the points read right-aligned */
+    struct loyd_cli_table t = {.ncols = 7, .align = "lllrlll"}; /* the points read right-aligned */
     size_t i;
     json_t *r;
 
@@ -929,12 +581,12 @@ static void ledger_print(struct cli *c, json_t *rows, bool as_json, size_t *prin
         (*printed)++;
     }
     if (!as_json)
-        table_print(&t, "", stdout);
+        loyd_cli_table_print(&t, "", stdout);
 }
 
 int loyd_cmd_ledger(int argc, char **argv)
 {
-    struct cli c = {.verb = "ledger"};
+    struct loyd_cli c = {.verb = "ledger"};
     struct member m = {0};
     struct loyd_ledger_query q = {0};
     struct args a;
@@ -957,7 +609,7 @@ int loyd_cmd_ledger(int argc, char **argv)
         }
     }
     c.config_path = a.config;
-    if ((rc = cli_open(&c, a.pos[0])) != 0)
+    if ((rc = loyd_cli_open(&c, a.pos[0])) != 0)
         goto out;
     if (a.since != NULL)
         (void)since_parse(a.since, &q.since_ms);
@@ -1022,7 +674,7 @@ int loyd_cmd_ledger(int argc, char **argv)
     if (a.json)
         fputs(printed > 0 ? "\n]\n" : "]\n", stdout);
     if (rc != 0) {
-        rc = store_failed(&c, "the ledger", rc);
+        rc = loyd_cli_store_failed(&c, "the ledger", rc);
     } else if (printed == 0 && !a.json) {
         /* Nothing to list is an answer, not a failure; say it where a person looks. */
         fprintf(stderr, "loyd ledger: tenant '%s' has no ledger rows%s%s%s%s\n", c.tenant->name,
@@ -1031,7 +683,7 @@ int loyd_cmd_ledger(int argc, char **argv)
     }
 out:
     member_clear(&m);
-    cli_close(&c);
+    loyd_cli_close(&c);
     fflush(stdout);
     return rc;
 }

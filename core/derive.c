@@ -10,10 +10,11 @@
 #include "sha256.h"
 
 /* What a rule may see of a contact, and what a change of makes contact.updated. */
-static const char *const contact_keys[] = {"name", "phone", "email", "birthday", "attributes"};
+static const char *const contact_keys[] = {"name",       "phone",      "email",
+                                           "birthday",   "attributes", "referred_by"};
 /* What a change of makes deal.updated (won/stage changes are deal.won/deal.reopened). */
-static const char *const deal_keys[] = {"amount", "currency", "contact_id", "stage",
-                                        "redeem_points"};
+static const char *const deal_keys[] = {"amount",        "currency",  "contact_id", "stage",
+                                        "redeem_points", "offer_code"};
 
 char *loyd_derive_state_key(const char *kind, const char *id)
 {
@@ -25,6 +26,7 @@ void loyd_derived_free(struct loyd_derived *d)
     free(d->state_key);
     json_decref(d->state);
     json_decref(d->event);
+    json_decref(d->offer_use);
     memset(d, 0, sizeof(*d));
 }
 
@@ -154,6 +156,15 @@ static void derive_deal(const json_t *snap, const json_t *prev, const char *id,
         out->learned = true;
         free(key);
         return;
+    }
+    /* An offer code on a won deal: typed with the deal, or added to it after it was won. */
+    const json_t *code = json_object_get(snap, "offer_code");
+    if (won && json_is_string(code) && json_string_length(code) > 0 &&
+        (!was_won || !json_equal(code, json_object_get(prev, "offer_code")))) {
+        json_t *deal = pick(snap, deal_keys, LOYD_ARRAY_SIZE(deal_keys));
+        json_object_set(deal, "id", json_object_get(snap, "id"));
+        json_object_del(deal, "offer_code");
+        out->offer_use = json_pack("{s:O, s:o}", "code", code, "deal", deal);
     }
     if (type == NULL)
         return;

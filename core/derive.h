@@ -32,6 +32,12 @@ struct loyd_derived {
     json_t *event;   /* the canonical event, or NULL when nothing happened (new) */
     bool learned;    /* initial sync met this entity for the first time: no event, the caller
                         records what the CRM already shows (birthday, balance) */
+    /* A won deal that carries an offer code it did not carry before (snapshot "offer_code"):
+     * {"code", "deal": {id, amount, currency, contact_id, ...}} (new), else NULL.  The caller
+     * checks it against the member's open offers and makes the offer.redeemed event, after
+     * the deal's own event: whether the code is an offer is the member's business, not the
+     * deal's. */
+    json_t *offer_use;
 };
 
 /**

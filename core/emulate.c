@@ -63,8 +63,19 @@ static int usage(FILE *f)
     fprintf(f, "usage: loyd emulate CRM [--listen HOST:PORT] [--options FILE.json] "
                "[--handler URL]...\n\n"
                "Runs an offline stand-in for a CRM's REST API and webhooks.  CRM is a built-in\n"
-               "connector with an emulator (bitrix24).  PORT 0 lets the system choose; the\n"
-               "chosen address is logged.  --handler adds a URL that receives the CRM's events.\n");
+               "connector with an emulator (bitrix24).  PORT 0 lets the system choose.  At the\n"
+               "start it logs (stderr) the address it listens on and what a tenant file needs to\n"
+               "reach it: the inbound-webhook URL with its user and code, the member_id and the\n"
+               "application token its events carry, the OAuth endpoints.\n"
+               "\n"
+               "  --listen HOST:PORT    where to listen (default 127.0.0.1:0)\n"
+               "  --options FILE.json   a JSON object of the emulator's options; an unknown key\n"
+               "                        is refused.  bitrix24: webhook_code, webhook_user,\n"
+               "                        member_id, application_token, client_id, client_secret,\n"
+               "                        access_token, refresh_token, handlers, rate, clock_ms,\n"
+               "                        ...: every key, its default and meaning is in\n"
+               "                        connectors/bitrix24/README.md, \"The emulator\"\n"
+               "  --handler URL         a URL that receives the CRM's events (repeatable)\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -100,7 +111,15 @@ int loyd_cmd_emulate(int argc, char **argv)
     }
     if (options_path != NULL) {
         json_error_t jerr;
-        options = json_load_file(options_path, JSON_REJECT_DUPLICATES, &jerr);
+        FILE *of = fopen(options_path, "r");
+        if (of == NULL) {
+            /* jansson would say "-1:-1: unable to open": name the file and the reason. */
+            fprintf(stderr, "loyd emulate: %s: cannot read: %s\n", options_path, strerror(errno));
+            json_decref(handlers);
+            return 2;
+        }
+        options = json_loadf(of, JSON_REJECT_DUPLICATES, &jerr);
+        fclose(of);
         if (options == NULL || !json_is_object(options)) {
             fprintf(stderr, "loyd emulate: %s:%d:%d: %s\n", options_path, jerr.line, jerr.column,
                     options ? "options must be a JSON object" : jerr.text);
@@ -139,7 +158,11 @@ int loyd_cmd_emulate(int argc, char **argv)
     uv_signal_init(&e.loop, &e.sigterm);
     e.sigint.data = e.sigterm.data = &e;
     if (rc != 0) {
-        fprintf(stderr, "loyd emulate: %s\n", err.data ? err.data : loyd_strerror(rc));
+        /* The emulator logged the option it refused (LOYD_ECONFIG) on the line above. */
+        fprintf(stderr, "loyd emulate: %s%s%s\n", err.data ? err.data : loyd_strerror(rc),
+                err.data == NULL && rc == LOYD_ECONFIG && options_path != NULL ? " in " : "",
+                err.data == NULL && rc == LOYD_ECONFIG && options_path != NULL ? options_path
+                                                                               : "");
         e.state = NULL;
         on_signal(&e.sigint, SIGTERM); /* the same orderly close as a signal */
         code = 2;

@@ -183,8 +183,9 @@ static json_t *ledger_rows(const json_t *stored)
 /* The rules' member input from the stored profile (and the event's contact). */
 static json_t *member_input(const char *mid, const json_t *profile, const json_t *ev)
 {
-    static const char *const keys[] = {"tier", "birthday", "referrer", "attributes",
-                                       "last_birthday_offer_year"};
+    static const char *const keys[] = {
+        "tier",   "birthday", "referrer",   "attributes", "last_birthday_offer_year",
+        "offers", "counters", "counter_log"};
     json_t *m = json_pack("{s:s}", "id", mid);
     const json_t *contact = json_object_get(ev, "contact");
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
@@ -243,6 +244,46 @@ static json_t *member_profile(const json_t *old, const json_t *member_in, const 
         }
     }
     return p;
+}
+
+/* What reverse{ref} reaches beyond the event's member (rules.h loyd_rules_ref_ledgers_fn). */
+struct ref_ctx {
+    struct loyd_engine *e;
+    struct loyd_store *s;
+    const char *self;
+};
+
+static int ref_ledgers(void *arg, const char *ref, json_t **out)
+{
+    struct ref_ctx *c = arg;
+    json_t *byref = NULL, *r;
+    size_t i;
+    int rc = loyd_store_ledger_by_ref(c->s, c->e->tenant, ref, &byref);
+
+    *out = json_object();
+    json_array_foreach(byref, i, r)
+    {
+        const char *mid = sfield(r, "member_id");
+        json_t *stored = NULL, *rows;
+        if (rc != 0 || mid == NULL || strcmp(mid, c->self) == 0 ||
+            json_object_get(*out, mid) != NULL)
+            continue;
+        if ((rc = loyd_store_ledger_list(c->s, c->e->tenant, mid, &stored)) != 0)
+            break;
+        rows = ledger_rows(stored);
+        json_decref(stored);
+        if (rows == NULL) {
+            rc = -EINVAL;
+            break;
+        }
+        json_object_set_new(*out, mid, rows);
+    }
+    json_decref(byref);
+    if (rc != 0) {
+        json_decref(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 struct fail_ctx {
@@ -314,13 +355,29 @@ static uint64_t seed_of(const char *key)
     return h;
 }
 
-/* The deal's net points after this event: its stored rows plus the new ones with its ref. */
+/* Adds one row of the deal to what it earned and what was paid with points (ledger.c's kinds:
+ * award and reverse rows are the deal's points, redeem and adjust rows the points spent on it
+ * and given back by a reversal). */
+static void deal_row(const json_t *r, int64_t *earned, int64_t *redeemed)
+{
+    const char *kind = sfield(r, "kind");
+    if (kind != NULL && (strcmp(kind, "redeem") == 0 || strcmp(kind, "adjust") == 0))
+        *redeemed -= ifield(r, "points");
+    else
+        *earned += ifield(r, "points");
+}
+
+/*
+ * What the deal's card shows after this event, from its stored rows plus the new ones with its
+ * ref: the points it earned and the points it was paid with, apart (a net of the two would show
+ * -1,360 on a deal that earned 140 and was paid 1,500).
+ */
 static json_t *deal_mark(const json_t *ev, const char *mid, const json_t *stored,
                          const json_t *new_rows)
 {
     const char *type = sfield(ev, "type");
     const char *deal = sfield(json_object_get(ev, "deal"), "id");
-    int64_t net = 0;
+    int64_t earned = 0, redeemed = 0;
     const json_t *r;
     size_t i;
 
@@ -332,13 +389,13 @@ static json_t *deal_mark(const json_t *ev, const char *mid, const json_t *stored
         return NULL;
     json_array_foreach(stored, i, r)
         if (sfield(r, "ref") != NULL && strcmp(sfield(r, "ref"), deal) == 0)
-            net += ifield(r, "points");
+            deal_row(r, &earned, &redeemed);
     json_array_foreach(new_rows, i, r)
         if (sfield(r, "ref") != NULL && strcmp(sfield(r, "ref"), deal) == 0 &&
             (sfield(r, "member_id") == NULL || strcmp(sfield(r, "member_id"), mid) == 0))
-            net += ifield(r, "points");
-    return json_pack("{s:s, s:s, s:I}", "op", "deal.mark", "deal_id", deal, "awarded",
-                     (json_int_t)net);
+            deal_row(r, &earned, &redeemed);
+    return json_pack("{s:s, s:s, s:I, s:I}", "op", "deal.mark", "deal_id", deal, "awarded",
+                     (json_int_t)earned, "redeemed", (json_int_t)redeemed);
 }
 
 int loyd_engine_process(struct loyd_engine *e, struct loyd_store *s, const json_t *event,
@@ -387,6 +444,7 @@ int loyd_engine_process_state(struct loyd_engine *e, struct loyd_store *s, const
         goto out;
     min = member_input(mid, old_profile, ev);
     json_t *purchases = json_object_get(old_profile, "purchases");
+    struct ref_ctx rctx = {e, s, mid};
     struct loyd_rules_input in = {
         .event = ev,
         .member = min,
@@ -397,6 +455,8 @@ int loyd_engine_process_state(struct loyd_engine *e, struct loyd_store *s, const
         .campaign_totals = campaigns,
         .tz_offset_min = e->tz_offset_min,
         .seed = seed_of(key),
+        .ref_ledgers = ref_ledgers,
+        .ref_arg = &rctx,
     };
     rc = loyd_rules_eval(e->rules, &in, &res);
     event_text = json_dumps(ev, JSON_COMPACT);

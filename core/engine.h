@@ -10,14 +10,18 @@
  *
  * The member is named by the event: contact.id, else deal.contact_id, else member_id.
  * The member row's profile JSON holds {tier, birthday, referrer, attributes,
- * last_birthday_offer_year, purchases:[{deal_id, amount, currency, at}]}.  The CRM owns the
- * birthday: an event's contact birthday replaces the stored one; the referrer is taken from
- * the event's contact when the profile has none.
+ * last_birthday_offer_year, offers:[{code, status, ref, valid_until, ...}], purchases:[{deal_id,
+ * amount, currency, at}]}.  The CRM owns the birthday: an event's contact birthday replaces the
+ * stored one; the referrer (a member id: the worker resolves the contact's "referred by" CRM
+ * field to one, contact_match.h) is taken from the event's contact when the profile has none,
+ * and kept from then on.  A reverse{ref} reaches the rows of every member under the ref
+ * (loyd_store_ledger_by_ref), so a referrer's bonus goes with the friend's purchase.
  *
  * Ledger, event and outbox rows are stamped with the event's "at" (the daemon's clock, which
  * the demo moves), so dates the rules compute and dates the store shows agree.  A deal.won or
- * deal.reopened also queues {"op":"deal.mark","deal_id","awarded"}: the deal's net points,
- * written to the deal card.
+ * deal.reopened also queues {"op":"deal.mark","deal_id","awarded","redeemed"}: the points the
+ * deal earned and the points it was paid with (ledger units, both net of reversals), written
+ * to the deal card.
  *
  * Threading: the loop thread (the store's), one engine used by one thread at a time.
  */

@@ -16,7 +16,6 @@ static const char *const kinds[] = {"award", "redeem", "expire", "reverse", "adj
 
 /* ---- dates ---------------------------------------------------------------------------------- */
 
-
 static int64_t floor_div(int64_t a, int64_t b)
 {
     return a >= 0 ? a / b : -((-a + b - 1) / b);
@@ -205,8 +204,8 @@ static int check_row(const struct loyd_ledger *lg, const json_t *row, long idx, 
     /* Kind, sign and lot: the rules the store applies too. */
     const char *bad_entry = loyd_ledger_entry_check(kind, points, lot_id);
     if (bad_entry != NULL) {
-        loyd_buf_printf(err, "%s (%s, %lld points, lot %lld): %s", where, kind,
-                        (long long)points, (long long)lot_id, bad_entry);
+        loyd_buf_printf(err, "%s (%s, %lld points, lot %lld): %s", where, kind, (long long)points,
+                        (long long)lot_id, bad_entry);
         return -EINVAL;
     }
     if (lot_id != 0 && find_lot(lg, lot_id) == NULL) {
@@ -654,6 +653,101 @@ int loyd_ledger_expire(struct loyd_ledger *lg, int64_t at_ms, json_t *out, int64
     return rc;
 }
 
+/* The purchase list's shape; one entry's amount and time. */
+static int purchases_check(const json_t *purchases, struct loyd_buf *err)
+{
+    if (!json_is_array(purchases)) {
+        loyd_buf_puts(err, "purchases must be an array");
+        return -EINVAL;
+    }
+    if (json_array_size(purchases) > LOYD_LEDGER_MAX_ROWS) {
+        loyd_buf_printf(err, "purchases: more than %u entries", LOYD_LEDGER_MAX_ROWS);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int purchase_get(const json_t *p, size_t i, int64_t *a, int64_t *t, struct loyd_buf *err)
+{
+    json_t *amount = json_object_get(p, "amount"), *at = json_object_get(p, "at");
+    if (!json_is_integer(amount) || json_integer_value(amount) < 0 ||
+        json_integer_value(amount) > LOYD_LEDGER_MAX_POINTS * 100) {
+        loyd_buf_printf(err, "purchase %zu: field 'amount' must be a non-negative integer", i);
+        return -EINVAL;
+    }
+    if (!json_is_integer(at) || json_integer_value(at) < 0) {
+        loyd_buf_printf(err, "purchase %zu: field 'at' must be a non-negative integer", i);
+        return -EINVAL;
+    }
+    *a = json_integer_value(amount);
+    *t = json_integer_value(at);
+    return 0;
+}
+
+int loyd_ledger_window_parse(const char *name, struct loyd_window *w, struct loyd_buf *err)
+{
+    memset(w, 0, sizeof(*w));
+    if (name != NULL && name[0] == 'd' && name[1] >= '1' && name[1] <= '9') {
+        int64_t n = 0;
+        const char *c = name + 1;
+        while (*c >= '0' && *c <= '9' && n <= LOYD_WINDOW_MAX_DAYS)
+            n = n * 10 + (*c++ - '0');
+        if (*c == '\0' && n <= LOYD_WINDOW_MAX_DAYS) {
+            w->days = n;
+            return 0;
+        }
+    } else if (name != NULL && strncmp(name, "since:", 6) == 0) {
+        int64_t ms;
+        if (loyd_date_parse(name + 6, 0, &ms) == 0) {
+            memcpy(w->since, name + 6, 10);
+            return 0;
+        }
+        loyd_buf_printf(err, "window '%s': '%s' is not a valid date YYYY-MM-DD", name, name + 6);
+        return -EINVAL;
+    }
+    loyd_buf_printf(err,
+                    "window '%s' is not a window name: \"dN\" (the last N days, 1..%d, e.g. "
+                    "\"d90\") or \"since:YYYY-MM-DD\"",
+                    name != NULL ? name : "(none)", LOYD_WINDOW_MAX_DAYS);
+    return -EINVAL;
+}
+
+int loyd_ledger_spend_window(const json_t *purchases, const struct loyd_window *w, int64_t now_ms,
+                             int tz_offset_min, int64_t *amount, int64_t *count,
+                             struct loyd_buf *err)
+{
+    int64_t after; /* purchases with at > after count */
+    size_t i;
+    json_t *p;
+
+    *amount = *count = 0;
+    if (w->days > 0) {
+        after = now_ms - w->days * LOYD_DAY_MS;
+    } else {
+        int64_t from;
+        if (loyd_date_parse(w->since, tz_offset_min, &from) != 0) {
+            loyd_buf_printf(err, "window since:%s: not a valid date", w->since);
+            return -EINVAL;
+        }
+        after = from - 1;
+    }
+    if (purchases == NULL)
+        return 0;
+    if (purchases_check(purchases, err) != 0)
+        return -EINVAL;
+    json_array_foreach(purchases, i, p)
+    {
+        int64_t a, t;
+        if (purchase_get(p, i, &a, &t, err) != 0)
+            return -EINVAL;
+        if (t > now_ms || t <= after)
+            continue;
+        *amount += a;
+        (*count)++;
+    }
+    return 0;
+}
+
 int loyd_ledger_spend(const json_t *purchases, int64_t now_ms, struct loyd_spend *out,
                       struct loyd_buf *err)
 {
@@ -663,27 +757,13 @@ int loyd_ledger_spend(const json_t *purchases, int64_t now_ms, struct loyd_spend
     memset(out, 0, sizeof(*out));
     if (purchases == NULL)
         return 0;
-    if (!json_is_array(purchases)) {
-        loyd_buf_puts(err, "purchases must be an array");
+    if (purchases_check(purchases, err) != 0)
         return -EINVAL;
-    }
-    if (json_array_size(purchases) > LOYD_LEDGER_MAX_ROWS) {
-        loyd_buf_printf(err, "purchases: more than %u entries", LOYD_LEDGER_MAX_ROWS);
-        return -EINVAL;
-    }
     json_array_foreach(purchases, i, p)
     {
-        json_t *amount = json_object_get(p, "amount"), *at = json_object_get(p, "at");
-        if (!json_is_integer(amount) || json_integer_value(amount) < 0 ||
-            json_integer_value(amount) > LOYD_LEDGER_MAX_POINTS * 100) {
-            loyd_buf_printf(err, "purchase %zu: field 'amount' must be a non-negative integer", i);
+        int64_t a, t;
+        if (purchase_get(p, i, &a, &t, err) != 0)
             return -EINVAL;
-        }
-        if (!json_is_integer(at) || json_integer_value(at) < 0) {
-            loyd_buf_printf(err, "purchase %zu: field 'at' must be a non-negative integer", i);
-            return -EINVAL;
-        }
-        int64_t a = json_integer_value(amount), t = json_integer_value(at);
         if (t > now_ms)
             continue;
         out->total += a;

@@ -177,6 +177,37 @@ struct loyd_spend {
 LOYD_MUST_CHECK int loyd_ledger_spend(const json_t *purchases, int64_t now_ms,
                                       struct loyd_spend *out, struct loyd_buf *err);
 
+/*
+ * Purchase windows beyond d30/d365/total, as a pack declares them in pack.conf `windows`:
+ *   "dN"               the last N days (1..36500): purchases with at in (now - N days, now],
+ *                      like d30 and d365;
+ *   "since:YYYY-MM-DD" from 00:00 of that day (tenant's calendar) up to now.
+ * The name is also the key in the member view's spend and purchases tables.
+ */
+#define LOYD_LEDGER_MAX_WINDOWS 16u
+#define LOYD_WINDOW_MAX_DAYS 36500
+
+struct loyd_window {
+    int64_t days;   /* "dN": N; 0 for a since window */
+    char since[11]; /* "since:D": D ("YYYY-MM-DD"), else "" */
+};
+
+/**
+ * Parses a window name.  @return 0; -EINVAL with one message in @p err that says what a
+ * window name looks like.
+ */
+LOYD_MUST_CHECK int loyd_ledger_window_parse(const char *name, struct loyd_window *w,
+                                             struct loyd_buf *err);
+
+/**
+ * Amount (minor units) and count of the purchases in window @p w at @p now_ms (tz: the
+ * tenant's offset, for since dates).  Purchases after @p now_ms are ignored, as in
+ * loyd_ledger_spend.  @return 0; -EINVAL (message names the index and field).
+ */
+LOYD_MUST_CHECK int loyd_ledger_spend_window(const json_t *purchases, const struct loyd_window *w,
+                                             int64_t now_ms, int tz_offset_min, int64_t *amount,
+                                             int64_t *count, struct loyd_buf *err);
+
 /** Date helpers shared by the engine: ms <-> "YYYY-MM-DD" in a tz offset (minutes). */
 void loyd_date_format(int64_t ms, int tz_offset_min, char out[11]);
 /** @return 0 and the ms of 00:00 of that day in the tz; -EINVAL for a malformed/invalid date. */

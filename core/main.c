@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli_campaigns.h"
 #include "cli_member.h"
+#include "cli_tick.h"
 #include "daemon.h"
 #include "demo.h"
 #include "emulate.h"
@@ -19,11 +21,15 @@ static const char usage[] =
     "  serve -c FILE            run the daemon with the config FILE\n"
     "  check PACK_DIR           compile, validate and lint a rule pack\n"
     "  test PACK_DIR            run a rule pack's offline tests\n"
+    "                           (-k TEXT, -v, --tenant FILE: a tenant's settings)\n"
     "  emulate CRM [--listen HOST:PORT]   run an offline CRM emulator (bitrix24)\n"
     "  demo                     emulated Bitrix24 + loyd + retail pack: a guided story\n"
     "  member TENANT WHO        a member's balance, tier, lots and last ledger rows\n"
     "                           (WHO: contact id, phone or email; -c FILE, --json)\n"
     "  ledger TENANT            the tenant's ledger rows (--since, --member, --limit, --json)\n"
+    "  tick TENANT              run the tenant's daily jobs (birthdays, ticks) now (--date)\n"
+    "  campaigns TENANT         the tenant's campaigns: window, bonus, budget, spent, left,\n"
+    "                           whether it runs today (-c FILE, --date, --json)\n"
     "  version                  print the version\n"
     "\n"
     "Run 'loyd COMMAND --help' for a command's options.\n";
@@ -62,6 +68,8 @@ static const struct {
     {"demo", loyd_cmd_demo},
     {"member", loyd_cmd_member},
     {"ledger", loyd_cmd_ledger},
+    {"tick", loyd_cmd_tick},
+    {"campaigns", loyd_cmd_campaigns},
 };
 
 int main(int argc, char **argv)

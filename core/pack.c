@@ -5,6 +5,8 @@
  */
 #include "pack.h"
 
+#include "ledger.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <lauxlib.h>
@@ -15,16 +17,21 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "campaign.h"
+
 #define DATA_MEM_LIMIT (4u * 1024 * 1024)
 #define DATA_MAX_TICKS 1000u /* x 1000 instructions: data files need far fewer */
 #define DATA_MAX_DEPTH 32
 #define DATA_MAX_NODES 100000u
 
 static const char *const types[] = {"int",  "string", "bool", "percent_bp", "days",
-                                    "date", "list",   "map",  "table"};
+                                    "date", "list",   "map",  "table",      "campaigns"};
 static const char *const spec_fields[] = {"type", "default", "help", "of", "min", "max"};
-static const char *const conf_fields[] = {"name",        "version",  "extends",
-                                           "description", "settings", "points"};
+static const char *const conf_fields[] = {"name",     "version", "extends", "description",
+                                          "settings", "points",  "windows", "counters"};
+static const char *const counter_fields[] = {"crm", "help"};
+
+#define MAX_COUNTERS 64
 
 /* ---- suggestions ------------------------------------------------------------------------ */
 
@@ -482,6 +489,8 @@ static int check_typed(const char *type, const json_t *spec, const json_t *v, co
         }
         return 0;
     }
+    if (strcmp(type, "campaigns") == 0)
+        return loyd_campaigns_check(v, path, NULL, err);
     if (strcmp(type, "table") == 0) {
         if (!json_is_object(v) && !json_is_array(v)) {
             loyd_buf_printf(err, "%s: expected a table, got %s\n", path, json_kind(v));
@@ -510,7 +519,8 @@ static json_t *normalise(const json_t *spec, json_t *v)
 {
     const char *type = json_string_value(json_object_get(spec, "type"));
 
-    if (type != NULL && strcmp(type, "list") == 0 && json_is_object(v) && json_object_size(v) == 0)
+    if (type != NULL && (strcmp(type, "list") == 0 || strcmp(type, "campaigns") == 0) &&
+        json_is_object(v) && json_object_size(v) == 0)
         return json_array();
     if (type != NULL && strcmp(type, "map") == 0 && json_is_array(v) && json_array_size(v) == 0)
         return json_object();
@@ -576,7 +586,7 @@ static int merge_schema(struct loyd_pack *p, const json_t *settings, const char 
         } else if (type == NULL) {
             loyd_buf_printf(err,
                             "%s: needs a type (one of int, string, bool, percent_bp, days, "
-                            "date, list, map, table)\n",
+                            "date, list, map, table, campaigns)\n",
                             path);
             bad = true;
         } else if (!known_type(type)) {
@@ -602,6 +612,14 @@ static int merge_schema(struct loyd_pack *p, const json_t *settings, const char 
             if (def == NULL) {
                 loyd_buf_printf(err, "%s: needs a default\n", path);
                 bad = true;
+            } else if (!bad && strcmp(type, "campaigns") == 0) {
+                /* Each campaign's problems on its own line of pack.conf, not the key's. */
+                char label[256];
+                snprintf(label, sizeof(label), "setting '%s': default", key);
+                struct loyd_campaigns_where w = {
+                    .file = p->conf_path, .src = src, .line = line, .label = label};
+                if (loyd_campaigns_check(def, NULL, &w, err) != 0)
+                    bad = true;
             } else if (!bad) {
                 char dpath[256];
                 snprintf(dpath, sizeof(dpath), "%s: default", path);
@@ -740,7 +758,182 @@ void loyd_pack_destroy(struct loyd_pack *p)
     free(p->extends);
     json_decref(p->schema);
     json_decref(p->defaults);
+    json_decref(p->windows);
+    json_decref(p->counters);
     free(p);
+}
+
+/* Where line @p line of @p src starts (the end of the text when it has fewer lines). */
+static const char *line_start(const char *src, int line)
+{
+    for (int l = 1; l < line && *src != '\0'; src++)
+        if (*src == '\n')
+            l++;
+    return src;
+}
+
+/* The line of the first "text" or 'text' at or after line @p from; @p from when none. */
+static int line_of_string(const char *src, int from, const char *text)
+{
+    size_t n = strlen(text);
+    int line = from;
+
+    for (const char *c = line_start(src, from); *c != '\0'; c++) {
+        if (*c == '\n')
+            line++;
+        else if ((*c == '"' || *c == '\'') && strncmp(c + 1, text, n) == 0 && c[n + 1] == *c)
+            return line;
+    }
+    return from;
+}
+
+/* The line that assigns @p key at or after line @p from (a counter inside `counters`). */
+static int line_of_key_from(const char *src, int from, const char *key)
+{
+    const char *start = line_start(src, from);
+    int l = loyd_pack_line_of(start, key);
+    /* line_of says 1 both for "on the first line" and "nowhere": either way, @p from. */
+    return from + l - 1;
+}
+
+/* pack.conf `windows`: the purchase windows the member view adds (the base's stay). */
+static int parse_windows(struct loyd_pack *p, const json_t *v, const char *src,
+                         struct loyd_buf *err)
+{
+    int line = loyd_pack_line_of(src, "windows"), rc = 0;
+    size_t i;
+    json_t *w;
+
+    if (v == NULL || (json_is_object(v) && json_object_size(v) == 0))
+        return 0;
+    if (!json_is_array(v)) {
+        loyd_buf_printf(err,
+                        "%s:%d: 'windows' must be a list of window names, e.g. windows = { "
+                        "\"d90\", \"since:2026-01-01\" }\n",
+                        p->conf_path, line);
+        return LOYD_ECONFIG;
+    }
+    json_array_foreach(v, i, w)
+    {
+        const char *name = json_string_value(w);
+        struct loyd_window win;
+        struct loyd_buf e = {0};
+        if (name == NULL) {
+            loyd_buf_printf(err, "%s:%d: windows[%zu] must be a string such as \"d90\"\n",
+                            p->conf_path, line, i + 1);
+            rc = LOYD_ECONFIG;
+            continue;
+        }
+        if (loyd_ledger_window_parse(name, &win, &e) != 0) {
+            loyd_buf_printf(err, "%s:%d: %s\n", p->conf_path, line_of_string(src, line, name),
+                            e.data);
+            loyd_buf_free(&e);
+            rc = LOYD_ECONFIG;
+            continue;
+        }
+        /* d30 and d365 are always there; a window listed twice (or by the base) once. */
+        bool dup = strcmp(name, "d30") == 0 || strcmp(name, "d365") == 0;
+        size_t j;
+        json_t *x;
+        json_array_foreach(p->windows, j, x) dup = dup || strcmp(json_string_value(x), name) == 0;
+        if (dup)
+            continue;
+        if (json_array_size(p->windows) >= LOYD_LEDGER_MAX_WINDOWS) {
+            loyd_buf_printf(err, "%s:%d: more than %u windows\n", p->conf_path, line,
+                            LOYD_LEDGER_MAX_WINDOWS);
+            return LOYD_ECONFIG;
+        }
+        json_array_append(p->windows, w);
+    }
+    return rc;
+}
+
+/* A counter name: it may become a CRM field name, so letters, digits and _ only. */
+static bool counter_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64 ||
+        !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') || s[0] == '_'))
+        return false;
+    for (size_t i = 1; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+            return false;
+    return true;
+}
+
+/* pack.conf `counters`: { stamps = { crm = true, help = "..." } } merged over the base's. */
+static int parse_counters(struct loyd_pack *p, const json_t *v, const char *src,
+                          struct loyd_buf *err)
+{
+    int line = loyd_pack_line_of(src, "counters"), rc = 0;
+    const char *k;
+    json_t *c;
+
+    if (v == NULL)
+        return 0;
+    if (!json_is_object(v)) {
+        loyd_buf_printf(err,
+                        "%s:%d: 'counters' must be a record, e.g. counters = { stamps = { crm "
+                        "= true } }\n",
+                        p->conf_path, line);
+        return LOYD_ECONFIG;
+    }
+    if (p->counters == NULL)
+        p->counters = json_object();
+    json_object_foreach((json_t *)v, k, c)
+    {
+        int cl = line_of_key_from(src, line, k);
+        if (!counter_name_ok(k) || strcmp(k, "balance") == 0 || strcmp(k, "tier") == 0) {
+            loyd_buf_printf(err,
+                            "%s:%d: counter '%s': a counter name is 1..64 letters, digits and _ "
+                            "(not balance or tier)\n",
+                            p->conf_path, cl, k);
+            rc = LOYD_ECONFIG;
+            continue;
+        }
+        if (!json_is_object(c)) {
+            loyd_buf_printf(err,
+                            "%s:%d: counter '%s' must be a record: %s = {} or %s = { crm = true "
+                            "}\n",
+                            p->conf_path, cl, k, k, k);
+            rc = LOYD_ECONFIG;
+            continue;
+        }
+        const char *fk;
+        json_t *fv;
+        bool bad = false;
+        json_object_foreach(c, fk, fv)
+        {
+            if (strcmp(fk, "crm") == 0 && !json_is_boolean(fv)) {
+                loyd_buf_printf(err, "%s:%d: counter '%s': 'crm' must be true or false\n",
+                                p->conf_path, cl, k);
+                bad = true;
+            } else if (strcmp(fk, "help") == 0 && !json_is_string(fv)) {
+                loyd_buf_printf(err, "%s:%d: counter '%s': 'help' must be a string\n", p->conf_path,
+                                cl, k);
+                bad = true;
+            } else if (strcmp(fk, "crm") != 0 && strcmp(fk, "help") != 0) {
+                loyd_buf_printf(err, "%s:%d: counter '%s': unknown field '%s'", p->conf_path, cl, k,
+                                fk);
+                put_hint(err, loyd_suggest(fk, counter_fields, LOYD_ARRAY_SIZE(counter_fields)));
+                loyd_buf_puts(err, "\n");
+                bad = true;
+            }
+        }
+        if (bad) {
+            rc = LOYD_ECONFIG;
+            continue;
+        }
+        if (json_object_get(p->counters, k) == NULL &&
+            json_object_size(p->counters) >= MAX_COUNTERS) {
+            loyd_buf_printf(err, "%s:%d: more than %d counters\n", p->conf_path, cl, MAX_COUNTERS);
+            return LOYD_ECONFIG;
+        }
+        json_object_set_new(p->counters, k,
+                            json_pack("{s:b}", "crm", json_is_true(json_object_get(c, "crm"))));
+    }
+    return rc;
 }
 
 static bool is_dir(const char *path)
@@ -806,6 +999,7 @@ static int load_rec(const char *dir, const char *search_path, char **chain, int 
     p->conf_path = loyd_xasprintf("%s/pack.conf", dir);
     p->schema = json_object();
     p->defaults = json_object();
+    p->windows = json_array();
     if ((rc = read_file(p->conf_path, &src, &len, err)) != 0)
         goto fail;
     if ((real = realpath(dir, NULL)) == NULL) {
@@ -919,6 +1113,10 @@ static int load_rec(const char *dir, const char *search_path, char **chain, int 
         p->nrules = base->nrules;
         if (points == NULL) /* a child that declares no unit counts as its base does */
             p->points = base->points;
+        /* A child adds windows and counters to its base's. */
+        json_array_extend(p->windows, base->windows);
+        if (base->counters != NULL)
+            p->counters = json_deep_copy(base->counters);
         base->rules = NULL;
         base->nrules = 0;
         loyd_pack_destroy(base);
@@ -928,7 +1126,11 @@ static int load_rec(const char *dir, const char *search_path, char **chain, int 
         p->schema = s;
         p->defaults = d;
     }
-    if ((rc = merge_schema(p, json_object_get(conf, "settings"), src, err)) != 0 || conf_bad) {
+    /* Every part reports what it finds before the load fails. */
+    rc = merge_schema(p, json_object_get(conf, "settings"), src, err);
+    int wrc = parse_windows(p, json_object_get(conf, "windows"), src, err);
+    int crc = parse_counters(p, json_object_get(conf, "counters"), src, err);
+    if (rc != 0 || wrc != 0 || crc != 0 || conf_bad) {
         rc = LOYD_ECONFIG;
         goto fail;
     }

@@ -5,8 +5,12 @@
  * run order (base pack's first; a child file with the same name replaces the base's in place)
  * and the pack's own test files.  It does not run rules: rules.c does, in a sandbox.
  *
- *   PACK_DIR/pack.conf     Lua data: name, version, extends, description, points, settings
- *                          (points = { unit = "points", minor = 100 }: see points.h)
+ *   PACK_DIR/pack.conf     Lua data: name, version, extends, description, points, settings,
+ *                          windows, counters
+ *                          (points = { unit = "points", minor = 100 }: see points.h;
+ *                           windows = { "d90", "since:2026-01-01" }: see ledger.h;
+ *                           counters = { stamps = { crm = true } }: names the count effect may
+ *                           use, and which of them are written to the CRM card)
  *   PACK_DIR/rules/NAME.lua  rule files (run in file-name order)
  *   PACK_DIR/tests/NAME.lua  offline tests (see pack_test.c)
  *
@@ -50,6 +54,10 @@ struct loyd_pack {
     char *name, *version, *description; /* owned; description may be NULL */
     char *extends;                      /* as written in pack.conf, or NULL (owned) */
     struct loyd_points_unit points;     /* how people count the ledger's units (base's if unset) */
+    json_t *windows;  /* ["d90", "since:2026-01-01", ...]: purchase windows beyond d30/d365/total
+                         (ledger.h), the base's first; never NULL (owned) */
+    json_t *counters; /* {name: {crm: bool}}: the counters pack.conf declares (a child's merged
+                         over its base's), or NULL when no pack in the chain declares any (owned) */
     json_t *schema;   /* {key: {type, default, help, of, min, max}} merged (owned) */
     json_t *defaults; /* {key: default} (owned) */
     struct loyd_pack_file *rules;

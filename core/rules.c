@@ -8,9 +8,11 @@
 #include "rules.h"
 
 #include <errno.h>
+#include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "campaign.h"
 #include "ledger.h"
 #include "log.h"
 
@@ -20,8 +22,11 @@
 #define MAX_POINTS 1000000000LL
 
 const char *const loyd_rules_events[] = {
-    "contact.created", "contact.updated", "deal.won", "deal.reopened",
-    "deal.updated",    "birthday",        "tick",     NULL};
+    "contact.created", "contact.updated", "deal.won",       "deal.reopened",
+    "deal.updated",    "birthday",        "tick",           "offer.redeemed",
+    NULL};
+#define N_EVENTS (LOYD_ARRAY_SIZE(loyd_rules_events) - 1)
+#define MAX_OFFERS 50 /* kept per member: every open one, then the newest used or revoked */
 
 /*
  * Trusted Lua run before the environment is frozen.  Constructors copy the caller's table and
@@ -49,6 +54,7 @@ static const char prelude_src[] =
     "note = ctor('note', 'text')\n"
     "task = ctor('task', 'title')\n"
     "set_field = ctor('set_field')\n"
+    "count = ctor('count')\n"
     "function loyd.percent(amount, bp) return amount * bp // 10000 end\n"
     "function loyd.is_leap(year) return (year % 4 == 0 and year % 100 ~= 0) or year % 400 == 0 "
     "end\n";
@@ -95,6 +101,90 @@ static int points_prelude(struct loyd_sandbox *sb, const struct loyd_points_unit
     return rc;
 }
 
+/*
+ * Campaigns declared with the `campaigns` setting type (campaign.h), as rules use them.  The
+ * calendar test mirrors loyd_campaign_state; the weekday is computed here (days from civil,
+ * 1970-01-01 a Thursday) so the helper needs nothing else.  Awards carry campaign = name, so
+ * the host enforces the budget and `loyd campaigns` counts them.
+ */
+static const char campaigns_prelude_src[] =
+    "local type, mtype, ipairs, pairs, error, tostring, tonumber = type, math.type, ipairs, "
+    "pairs, error, tostring, tonumber\n"
+    "local function weekday(d)\n"
+    "  local y, m, day = tonumber(d:sub(1, 4)), tonumber(d:sub(6, 7)), tonumber(d:sub(9, 10))\n"
+    "  if m <= 2 then y = y - 1 end\n"
+    "  local era = y // 400\n"
+    "  local yoe = y - era * 400\n"
+    "  local doy = (153 * ((m + 9) % 12) + 2) // 5 + day - 1\n"
+    "  local days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468\n"
+    "  return (days + 3) % 7 + 1\n"
+    "end\n"
+    "local function date_arg(fn, d)\n"
+    "  if d == nil then return loyd.today() end\n"
+    "  if type(d) ~= 'string' or not d:find('^%d%d%d%d%-%d%d%-%d%d$') then\n"
+    "    error(fn .. ': date must be \"YYYY-MM-DD\", got ' .. tostring(d), 3)\n"
+    "  end\n"
+    "  return d\n"
+    "end\n"
+    "local function active(c, d)\n"
+    "  if c.from ~= nil and d < c.from then return false end\n"
+    "  if c.to ~= nil and d > c.to then return false end\n"
+    "  if c.weekdays == nil then return true end\n"
+    "  local wd = weekday(d)\n"
+    "  for _, x in ipairs(c.weekdays) do if x == wd then return true end end\n"
+    "  return false\n"
+    "end\n"
+    "local function list_arg(fn, list)\n"
+    "  if type(list) ~= 'table' then\n"
+    "    error(fn .. ': expects the campaigns list (e.g. settings.campaigns), got ' .. "
+    "type(list), 3)\n"
+    "  end\n"
+    "end\n"
+    "function loyd.campaign_active(c, d)\n"
+    "  if type(c) ~= 'table' then error('loyd.campaign_active: expects a campaign', 2) end\n"
+    "  return active(c, date_arg('loyd.campaign_active', d))\n"
+    "end\n"
+    "function loyd.active_campaigns(list, d)\n"
+    "  list_arg('loyd.active_campaigns', list)\n"
+    "  d = date_arg('loyd.active_campaigns', d)\n"
+    "  local out = {}\n"
+    "  for _, c in ipairs(list) do if active(c, d) then out[#out + 1] = c end end\n"
+    "  return out\n"
+    "end\n"
+    "local OPTS = { reason = true, ref = true, expires_in_days = true, expires_at = true, "
+    "member = true, date = true }\n"
+    "function loyd.campaign_awards(list, points, opts)\n"
+    "  list_arg('loyd.campaign_awards', list)\n"
+    "  if mtype(points) ~= 'integer' then\n"
+    "    error('loyd.campaign_awards: points must be an integer number of ledger units, got ' "
+    ".. tostring(points), 2)\n"
+    "  end\n"
+    "  opts = opts or {}\n"
+    "  for k in pairs(opts) do\n"
+    "    if not OPTS[k] then\n"
+    "      error('loyd.campaign_awards: unknown option \\'' .. tostring(k) .. '\\' (options: "
+    "reason, ref, expires_in_days, expires_at, member, date)', 2)\n"
+    "    end\n"
+    "  end\n"
+    "  local d = date_arg('loyd.campaign_awards', opts.date)\n"
+    "  local out = {}\n"
+    "  if points <= 0 then return out end\n"
+    "  for _, c in ipairs(list) do\n"
+    "    if active(c, d) then\n"
+    "      local extra = c.multiplier ~= nil and points * (c.multiplier - 1)\n"
+    "                    or points * (c.bonus_bp or 0) // 10000\n"
+    "      if extra > 0 then\n"
+    "        out[#out + 1] = award{ points = extra, campaign = c.name,\n"
+    "          reason = 'campaign ' .. c.name .. (opts.reason ~= nil and (', ' .. opts.reason) "
+    "or ''),\n"
+    "          ref = opts.ref, expires_in_days = opts.expires_in_days,\n"
+    "          expires_at = opts.expires_at, member = opts.member }\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  return out\n"
+    "end\n";
+
 struct handler {
     size_t file; /* index into pack->rules */
     char *event;
@@ -105,7 +195,42 @@ struct loyd_rules {
     struct loyd_sandbox *sb;
     struct handler *h;
     size_t nh;
+    /* While handlers run: what loyd.campaign_remaining reads (borrowed; NULL otherwise). */
+    const json_t *ctx_settings, *ctx_totals;
 };
+
+/*
+ * loyd.campaign_spent(name), loyd.campaign_remaining(name): what awards with campaign = name
+ * drew tenant-wide before this event, and what its budget still allows (nil: no budget).
+ */
+static int campaign_read(lua_State *L, const char *fn, bool remaining)
+{
+    struct loyd_rules *r = loyd_sandbox_userdata(loyd_sandbox_from_lua(L));
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_error(L, "%s expects a campaign name (a string), got %s", fn,
+                          luaL_typename(L, 1));
+    if (r == NULL || r->ctx_settings == NULL)
+        return luaL_error(L, "%s works only inside a handler", fn);
+    const char *name = lua_tostring(L, 1);
+    int64_t spent = json_integer_value(json_object_get(r->ctx_totals, name)), budget;
+    if (!remaining)
+        lua_pushinteger(L, spent);
+    else if (loyd_campaign_budget(r->pack->schema, r->ctx_settings, name, &budget))
+        lua_pushinteger(L, budget > spent ? budget - spent : 0);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int l_rules_campaign_spent(lua_State *L)
+{
+    return campaign_read(L, "loyd.campaign_spent", false);
+}
+
+static int l_rules_campaign_remaining(lua_State *L)
+{
+    return campaign_read(L, "loyd.campaign_remaining", true);
+}
 
 bool loyd_rules_event_known(const char *type)
 {
@@ -158,6 +283,12 @@ int loyd_rules_create(const struct loyd_pack *pack, const struct loyd_sandbox_li
                                    err)) != 0)
         goto fail;
     if ((rc = points_prelude(r->sb, &pack->points, err)) != 0)
+        goto fail;
+    loyd_sandbox_set_userdata(r->sb, r);
+    if ((rc = loyd_sandbox_define(r->sb, "campaign_spent", l_rules_campaign_spent)) != 0 ||
+        (rc = loyd_sandbox_define(r->sb, "campaign_remaining", l_rules_campaign_remaining)) != 0 ||
+        (rc = loyd_sandbox_prelude(r->sb, "=loyd/campaigns", campaigns_prelude_src,
+                                   sizeof(campaigns_prelude_src) - 1, err)) != 0)
         goto fail;
     if ((rc = loyd_sandbox_freeze(r->sb, err)) != 0)
         goto fail;
@@ -242,14 +373,21 @@ static const struct effect_spec effect_specs[] = {
       {"discount_amount", F_INT, false},
       {"valid_days", F_INT, true},
       {"reason", F_STR, false},
-      {"birthday", F_BOOL, false}}},
+      {"birthday", F_BOOL, false},
+      {"ref", F_REF, false}}},
     {"note", {{"text", F_STR, true}}},
     {"task", {{"title", F_STR, true}, {"text", F_STR, false}, {"due_in_days", F_INT, false}}},
     {"set_field", {{"name", F_STR, true}, {"value", F_ANY, true}, {"crm", F_BOOL, false}}},
+    {"count",
+     {{"name", F_STR, true},
+      {"by", F_INT, false},
+      {"reset", F_BOOL, false},
+      {"ref", F_REF, false},
+      {"reason", F_STR, false}}},
 };
 
-static const char *const effect_kinds[] = {"award", "redeem", "reverse", "set_tier",
-                                           "offer", "note",   "task",    "set_field"};
+static const char *const effect_kinds[] = {"award", "redeem", "reverse",   "set_tier", "offer",
+                                           "note",  "task",   "set_field", "count"};
 
 static const struct effect_spec *find_spec(const char *kind)
 {
@@ -374,6 +512,11 @@ int loyd_rules_check_effect(const json_t *e, struct loyd_buf *err)
         loyd_buf_puts(err, "award: give at most one of 'expires_in_days' and 'expires_at'");
         return -EINVAL;
     }
+    if (strcmp(kind, "count") == 0 && json_is_true(json_object_get(e, "reset")) &&
+        json_object_get(e, "by") != NULL) {
+        loyd_buf_puts(err, "count: give either 'by' or 'reset = true', not both");
+        return -EINVAL;
+    }
     return 0;
 }
 
@@ -385,9 +528,48 @@ static void set_if(json_t *o, const char *k, json_t *v)
         json_object_set(o, k, v);
 }
 
+/* The pack's own purchase windows (pack.conf `windows`) into the spend and purchases tables. */
+static void view_windows(json_t *v, const struct loyd_pack *pack, const json_t *purchases,
+                         int64_t now_ms, int tz)
+{
+    json_t *spend = json_object_get(v, "spend"), *count = json_object_get(v, "purchases"), *n;
+    size_t i;
+
+    json_array_foreach(pack != NULL ? pack->windows : NULL, i, n)
+    {
+        struct loyd_window w;
+        struct loyd_buf e = {0};
+        int64_t amount, cnt;
+        /* pack.c checked the names and loyd_ledger_spend the purchases: no error here. */
+        if (loyd_ledger_window_parse(json_string_value(n), &w, &e) == 0 &&
+            loyd_ledger_spend_window(purchases, &w, now_ms, tz, &amount, &cnt, &e) == 0) {
+            json_object_set_new(spend, json_string_value(n), json_integer(amount));
+            json_object_set_new(count, json_string_value(n), json_integer(cnt));
+        }
+        loyd_buf_free(&e);
+    }
+}
+
+/* member.counters: every counter pack.conf declares (0 until it counts), then the stored ones. */
+static json_t *view_counters(const json_t *member, const struct loyd_pack *pack)
+{
+    json_t *c = json_object(), *x;
+    const char *k;
+
+    json_object_foreach(pack != NULL ? pack->counters : NULL, k, x)
+        json_object_set_new(c, k, json_integer(0));
+    json_object_foreach(json_object_get(member, "counters"), k, x)
+    {
+        if (json_is_integer(x))
+            json_object_set(c, k, x);
+    }
+    return c;
+}
+
 /* The view from an already built ledger; @p ledger_state must have been expired to now. */
 static json_t *build_view(const json_t *member, const struct loyd_ledger *lg,
-                          const struct loyd_spend *sp, int64_t now_ms, int tz)
+                          const struct loyd_spend *sp, int64_t now_ms, int tz,
+                          const json_t *purchases, const struct loyd_pack *pack)
 {
     json_t *v = json_object();
     char d[11];
@@ -413,9 +595,27 @@ static json_t *build_view(const json_t *member, const struct loyd_ledger *lg,
     set_if(v, "birthday", json_object_get(member, "birthday"));
     set_if(v, "referrer", json_object_get(member, "referrer"));
     set_if(v, "last_birthday_offer_year", json_object_get(member, "last_birthday_offer_year"));
+    /* The offers a customer can still use: open and not past their last day. */
+    json_t *offers = json_array(), *o;
+    size_t oi;
+    char today[11];
+    loyd_date_format(now_ms, tz, today);
+    json_array_foreach(json_object_get(member, "offers"), oi, o)
+    {
+        const char *st = json_string_value(json_object_get(o, "status"));
+        const char *until = json_string_value(json_object_get(o, "valid_until"));
+        if (st == NULL || strcmp(st, "open") != 0 || (until != NULL && strcmp(until, today) < 0))
+            continue;
+        json_t *c = json_deep_copy(o);
+        json_object_del(c, "status");
+        json_array_append_new(offers, c);
+    }
+    json_object_set_new(v, "offers", offers);
     json_t *attrs = json_object_get(member, "attributes");
     json_object_set_new(v, "attributes",
                         json_is_object(attrs) ? json_deep_copy(attrs) : json_object());
+    json_object_set_new(v, "counters", view_counters(member, pack));
+    view_windows(v, pack, purchases, now_ms, tz);
     return v;
 }
 
@@ -443,11 +643,44 @@ static int check_member(const json_t *member, struct loyd_buf *err)
         loyd_buf_puts(err, "member.attributes must be an object");
         return -EINVAL;
     }
+    json_t *o = json_object_get(member, "offers");
+    if (o != NULL && !json_is_null(o) && !json_is_array(o)) {
+        loyd_buf_puts(err, "member.offers must be a list");
+        return -EINVAL;
+    }
+    /* Counters are whole non-negative numbers; the change log is the host's own list. */
+    json_t *c = json_object_get(member, "counters"), *cv;
+    const char *ck;
+    if (c != NULL && !json_is_null(c) && !json_is_object(c)) {
+        loyd_buf_puts(err, "member.counters must be a record { name = n }");
+        return -EINVAL;
+    }
+    json_object_foreach(c, ck, cv)
+    {
+        if (!json_is_integer(cv) || json_integer_value(cv) < 0 ||
+            json_integer_value(cv) > LOYD_LEDGER_MAX_POINTS) {
+            loyd_buf_printf(err, "member.counters.%s must be a non-negative integer", ck);
+            return -EINVAL;
+        }
+    }
+    json_t *cl = json_object_get(member, "counter_log");
+    if (cl != NULL && !json_is_null(cl) && !json_is_array(cl)) {
+        loyd_buf_puts(err, "member.counter_log must be a list");
+        return -EINVAL;
+    }
     return 0;
 }
 
 int loyd_rules_member_view(const json_t *member, const json_t *ledger, const json_t *purchases,
                            int64_t now_ms, int tz_offset_min, json_t **out, struct loyd_buf *err)
+{
+    return loyd_rules_pack_member_view(NULL, member, ledger, purchases, now_ms, tz_offset_min, out,
+                                       err);
+}
+
+int loyd_rules_pack_member_view(const struct loyd_pack *pack, const json_t *member,
+                                const json_t *ledger, const json_t *purchases, int64_t now_ms,
+                                int tz_offset_min, json_t **out, struct loyd_buf *err)
 {
     struct loyd_ledger lg;
     struct loyd_spend sp;
@@ -463,7 +696,7 @@ int loyd_rules_member_view(const json_t *member, const json_t *ledger, const jso
         goto done;
     if ((rc = loyd_ledger_spend(purchases, now_ms, &sp, err)) != 0)
         goto done;
-    *out = build_view(member, &lg, &sp, now_ms, tz_offset_min);
+    *out = build_view(member, &lg, &sp, now_ms, tz_offset_min, purchases, pack);
 done:
     loyd_ledger_deinit(&lg);
     return rc;
@@ -486,6 +719,19 @@ struct eval {
     json_t *fields; /* set_field values for the contact.fields write-back */
     int64_t awarded_this_event;
     bool birthday_offer_done;
+    json_t *offers; /* the member's offers as this event leaves them (profile "offers") */
+    bool offers_changed;
+    json_t *counters;    /* {name: value} as this event leaves them (profile "counters") */
+    json_t *counter_log; /* [{name, by, ref, at}]: changes a reverse{ref} undoes */
+    bool counters_changed;
+    struct other_ledger *others; /* other members a reversal reached */
+    size_t nothers;
+};
+
+/* Another member's ledger that a reverse{ref} reaches (built once per evaluation). */
+struct other_ledger {
+    char *member_id;
+    struct loyd_ledger lg;
 };
 
 static void note(struct eval *ev, const char *fmt, ...) LOYD_PRINTF(2, 3);
@@ -634,22 +880,27 @@ static int apply_award(struct eval *ev, json_t *e, const char *file, struct loyd
             points = left;
         }
     }
-    if (campaign != NULL) {
-        json_t *b = json_object_get(json_object_get(ev->settings, "budgets"), campaign);
-        if (json_is_integer(b)) {
-            int64_t used = json_integer_value(json_object_get(ev->campaigns, campaign));
-            int64_t left = json_integer_value(b) - used;
-            if (left <= 0) {
-                loyd_buf_printf(why, "budget of campaign '%s' exhausted (%lld of %lld points)",
-                                campaign, (long long)used, (long long)json_integer_value(b));
-                goto out;
-            }
-            if (points > left) {
-                note(ev, "%s: award of %lld points cut to %lld by the budget of campaign '%s'",
-                     file, (long long)points, (long long)left, campaign);
-                json_object_set_new(e, "capped_from", json_integer(points));
-                points = left;
-            }
+    /* The campaign's own budget (a `campaigns` setting) and settings.budgets: the smaller. */
+    int64_t budget;
+    if (campaign != NULL &&
+        loyd_campaign_budget(ev->r->pack->schema, ev->settings, campaign, &budget)) {
+        int64_t used = json_integer_value(json_object_get(ev->campaigns, campaign));
+        int64_t left = budget - used;
+        if (left <= 0) {
+            char u[64], b[64];
+            loyd_points_format(used, &ev->r->pack->points, LOYD_POINTS_GROUP | LOYD_POINTS_UNIT,
+                               u, sizeof(u));
+            loyd_points_format(budget, &ev->r->pack->points, LOYD_POINTS_GROUP | LOYD_POINTS_UNIT,
+                               b, sizeof(b));
+            loyd_buf_printf(why, "budget of campaign '%s' exhausted (%s of %s awarded)", campaign,
+                            u, b);
+            goto out;
+        }
+        if (points > left) {
+            note(ev, "%s: award of %lld points cut to %lld by the budget of campaign '%s'", file,
+                 (long long)points, (long long)left, campaign);
+            json_object_set_new(e, "capped_from", json_integer(points));
+            points = left;
         }
     }
     const char *reason = str_field(e, "reason");
@@ -746,29 +997,344 @@ out:
     return rc;
 }
 
+/* The member.refresh write-back of another member's card, once per member and event. */
+static void refresh_other(struct eval *ev, const char *mid)
+{
+    size_t i;
+    json_t *o;
+    json_array_foreach(ev->outbox, i, o)
+    {
+        const char *op = str_field(o, "op"), *m = str_field(o, "member_id");
+        if (op != NULL && strcmp(op, "member.refresh") == 0 && m != NULL && strcmp(m, mid) == 0)
+            return;
+    }
+    json_array_append_new(ev->outbox,
+                          json_pack("{s:s, s:s}", "op", "member.refresh", "member_id", mid));
+}
+
+/* The ledger of another member, built from @p rows the first time it is needed. */
+static struct loyd_ledger *other_ledger(struct eval *ev, const char *mid, const json_t *rows,
+                                        struct loyd_buf *why)
+{
+    for (size_t i = 0; i < ev->nothers; i++)
+        if (strcmp(ev->others[i].member_id, mid) == 0)
+            return &ev->others[i].lg;
+    struct loyd_ledger lg;
+    struct loyd_buf e = {0};
+    if (loyd_ledger_init(&lg, mid, rows, &e) != 0) {
+        loyd_buf_printf(why, "reverse: the ledger of member '%s' does not replay: %s", mid,
+                        e.data != NULL ? e.data : "?");
+        loyd_buf_free(&e);
+        loyd_ledger_deinit(&lg);
+        return NULL;
+    }
+    ev->others = loyd_xrealloc(ev->others, (ev->nothers + 1) * sizeof(*ev->others));
+    ev->others[ev->nothers] = (struct other_ledger){loyd_xstrdup(mid), lg};
+    return &ev->others[ev->nothers++].lg;
+}
+
+/* Open offers with @p ref are withdrawn: what they were given for was undone. */
+static json_t *revoke_offers(struct eval *ev, const char *ref, const char *file)
+{
+    json_t *codes = json_array(), *o;
+    size_t i;
+    json_array_foreach(ev->offers, i, o)
+    {
+        const char *st = str_field(o, "status"), *r = str_field(o, "ref");
+        if (st == NULL || strcmp(st, "open") != 0 || r == NULL || strcmp(r, ref) != 0)
+            continue;
+        const char *code = str_field(o, "code");
+        json_object_set_new(o, "status", json_string("revoked"));
+        json_object_set_new(o, "revoked_on", json_string(ev->today));
+        json_array_append_new(codes, json_string(code));
+        ev->offers_changed = true;
+        note(ev, "%s: offer %s withdrawn: '%s', which it was given for, was reversed", file, code,
+             ref);
+        char *text = loyd_xasprintf("Personal offer %s is withdrawn: what it was given for (%s) "
+                                    "was reversed.",
+                                    code, ref);
+        json_array_append_new(ev->outbox, json_pack("{s:s, s:s}", "op", "note", "text", text));
+        free(text);
+    }
+    return codes;
+}
+
+/*
+ * reverse{ref}: everything under the ref, whoever it went to.  This member's lots and
+ * redemptions (ledger.h), every other member's awards under the same ref (a referrer's bonus
+ * for this member's purchase; their cards are refreshed) and this member's open offers with
+ * the ref.  Other members' ledgers are read (and checked) before anything is written, so a
+ * failure leaves the event's rows as they were.
+ */
+static bool undo_counters(struct eval *ev, const char *ref, const char *file, json_t *e);
+
 static int apply_reverse(struct eval *ev, json_t *e, const char *file, struct loyd_buf *why)
 {
     char *ref = ref_string(json_object_get(e, "ref"));
     const char *reason = str_field(e, "reason");
-    struct loyd_reversal rv;
+    const char *self = json_string_value(json_object_get(ev->in->member, "id"));
+    struct loyd_reversal rv, sum = {0};
+    struct loyd_buf own = {0};
+    json_t *others = NULL, *reached = json_array(), *revoked = NULL;
+    struct loyd_ledger **olg = NULL;
+    const char **omid = NULL;
+    size_t no = 0;
+    bool any = false;
     char dflt[300];
+    int rc;
 
     snprintf(dflt, sizeof(dflt), "reversal of %s", ref);
-    int rc = loyd_ledger_reverse(&ev->lg, ref, reason != NULL ? reason : dflt, ev->allow_negative,
-                                 ev->at, ev->rows, &rv, why);
+    if (reason == NULL)
+        reason = dflt;
+    if (ev->in->ref_ledgers != NULL) {
+        if ((rc = ev->in->ref_ledgers(ev->in->ref_arg, ref, &others)) != 0) {
+            loyd_buf_printf(why, "reverse: cannot read other members' rows with ref '%s': %s",
+                            ref, loyd_strerror(rc));
+            goto out;
+        }
+        size_t n = json_object_size(others);
+        olg = loyd_xcalloc(n + 1, sizeof(*olg));
+        omid = loyd_xcalloc(n + 1, sizeof(*omid));
+        const char *mid;
+        json_t *rows;
+        json_object_foreach(others, mid, rows)
+        {
+            if (self != NULL && strcmp(mid, self) == 0)
+                continue;
+            if ((olg[no] = other_ledger(ev, mid, rows, why)) == NULL) {
+                rc = -EINVAL;
+                goto out;
+            }
+            omid[no++] = mid;
+        }
+    }
+    rc = loyd_ledger_reverse(&ev->lg, ref, reason, ev->allow_negative, ev->at, ev->rows, &rv,
+                             &own);
+    if (rc != 0 && rc != -ENOENT) {
+        loyd_buf_puts(why, own.data != NULL ? own.data : loyd_strerror(rc));
+        goto out;
+    }
     if (rc == 0) {
-        json_object_set_new(e, "ref", json_string(ref));
-        json_object_set_new(e, "reversed", json_integer(rv.reversed));
-        json_object_set_new(e, "returned", json_integer(rv.returned));
-        json_object_set_new(e, "shortfall", json_integer(rv.shortfall));
+        any = true;
+        sum = rv;
         if (rv.shortfall > 0)
             note(ev,
                  "%s: reversal of '%s': %lld points were already spent and are not taken "
                  "back (allow_negative_balance is off)",
                  file, ref, (long long)rv.shortfall);
     }
+    for (size_t i = 0; i < no; i++) {
+        struct loyd_buf oerr = {0};
+        int orc = loyd_ledger_reverse(olg[i], ref, reason, ev->allow_negative, ev->at, ev->rows,
+                                      &rv, &oerr);
+        if (orc == 0) {
+            any = true;
+            sum.reversed += rv.reversed;
+            sum.returned += rv.returned;
+            sum.shortfall += rv.shortfall;
+            json_array_append_new(reached, json_string(omid[i]));
+            refresh_other(ev, omid[i]);
+            if (rv.shortfall > 0)
+                note(ev,
+                     "%s: reversal of '%s' for member %s: %lld points were already spent and "
+                     "are not taken back (allow_negative_balance is off)",
+                     file, ref, omid[i], (long long)rv.shortfall);
+        } else if (orc != -ENOENT) {
+            note(ev, "%s: reversal of '%s' for member %s failed: %s", file, ref, omid[i],
+                 oerr.data != NULL ? oerr.data : loyd_strerror(orc));
+        }
+        loyd_buf_free(&oerr);
+    }
+    revoked = revoke_offers(ev, ref, file);
+    bool counted = undo_counters(ev, ref, file, e);
+    if (!any && json_array_size(revoked) == 0 && !counted) {
+        loyd_buf_printf(why, "reverse: nothing carries ref '%s' (no points of any member, no "
+                        "open offer)", ref);
+        rc = -ENOENT;
+        goto out;
+    }
+    json_object_set_new(e, "ref", json_string(ref));
+    json_object_set_new(e, "reversed", json_integer(sum.reversed));
+    json_object_set_new(e, "returned", json_integer(sum.returned));
+    json_object_set_new(e, "shortfall", json_integer(sum.shortfall));
+    if (json_array_size(reached) > 0)
+        json_object_set(e, "members", reached);
+    if (json_array_size(revoked) > 0)
+        json_object_set(e, "revoked", revoked);
+    rc = 0;
+out:
+    loyd_buf_free(&own);
+    json_decref(others);
+    json_decref(reached);
+    json_decref(revoked);
+    free(olg);
+    free(omid);
     free(ref);
     return rc;
+}
+
+/* Keeps @p rec (owned) as the member's offer with its code, replacing an older one. */
+static void offer_keep(struct eval *ev, json_t *rec)
+{
+    const char *code = str_field(rec, "code");
+    for (size_t i = json_array_size(ev->offers); i-- > 0;)
+        if (strcmp(str_field(json_array_get(ev->offers, i), "code"), code) == 0)
+            json_array_remove(ev->offers, i);
+    json_array_append_new(ev->offers, rec);
+    /* Bounded: the oldest used or revoked offers go first, open ones never. */
+    for (size_t i = 0;
+         json_array_size(ev->offers) > MAX_OFFERS && i < json_array_size(ev->offers);) {
+        const char *st = str_field(json_array_get(ev->offers, i), "status");
+        if (st != NULL && strcmp(st, "open") != 0)
+            json_array_remove(ev->offers, i);
+        else
+            i++;
+    }
+    ev->offers_changed = true;
+}
+
+/* ---- counters: count{name, by | reset, ref}, and what reverse{ref} undoes of them ---- */
+
+#define MAX_COUNTERS 64           /* per member */
+#define MAX_COUNTER_LOG 100       /* changes kept per counter for reverse{ref} */
+#define MAX_COUNT_STEP 1000000000 /* |by| */
+
+/* The new value, and the card's field when pack.conf maps the counter (crm = true). */
+static void counter_set(struct eval *ev, const char *name, int64_t value)
+{
+    json_object_set_new(ev->counters, name, json_integer(value));
+    ev->counters_changed = true;
+    if (json_is_true(json_object_get(json_object_get(ev->r->pack->counters, name), "crm"))) {
+        json_object_set_new(ev->fields, name, json_integer(value));
+        ev->fields_changed = true;
+    }
+}
+
+static int apply_count(struct eval *ev, json_t *e, struct loyd_buf *why)
+{
+    const char *name = str_field(e, "name");
+    const json_t *declared = ev->r->pack->counters;
+    json_t *byv = json_object_get(e, "by");
+    int64_t old = json_integer_value(json_object_get(ev->counters, name)), by;
+
+    if (!is_ident(name, 64) || strchr(name, '-') != NULL || strcmp(name, "balance") == 0 ||
+        strcmp(name, "tier") == 0) {
+        loyd_buf_printf(why,
+                        "count: '%s' is not a counter name (letters, digits and _; not "
+                        "balance or tier)",
+                        name);
+        return -EINVAL;
+    }
+    if (declared != NULL && json_object_get(declared, name) == NULL) {
+        size_t n = json_object_size(declared), i = 0;
+        const char **c = loyd_xcalloc(n + 1, sizeof(*c));
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)declared, k, x) c[i++] = k;
+        const char *hint = loyd_suggest(name, c, n);
+        free(c);
+        loyd_buf_printf(why, "count: '%s' is not a counter pack.conf declares", name);
+        if (hint != NULL)
+            loyd_buf_printf(why, " (did you mean '%s'?)", hint);
+        return -EINVAL;
+    }
+    if (json_is_true(json_object_get(e, "reset"))) {
+        by = -old;
+    } else {
+        by = byv != NULL ? json_integer_value(byv) : 1;
+        if (by == 0 || by < -MAX_COUNT_STEP || by > MAX_COUNT_STEP) {
+            loyd_buf_printf(why, "count: 'by' must be a non-zero integer within -%d..%d, got %lld",
+                            MAX_COUNT_STEP, MAX_COUNT_STEP, (long long)by);
+            return -EINVAL;
+        }
+        if (old + by < 0) {
+            loyd_buf_printf(why, "count: counter '%s' is %lld; by = %lld would take it below 0",
+                            name, (long long)old, (long long)by);
+            return -ERANGE;
+        }
+        if (old + by > LOYD_LEDGER_MAX_POINTS) {
+            loyd_buf_printf(why, "count: counter '%s' would exceed %lld", name,
+                            (long long)LOYD_LEDGER_MAX_POINTS);
+            return -ERANGE;
+        }
+    }
+    if (json_object_get(ev->counters, name) == NULL &&
+        json_object_size(ev->counters) >= MAX_COUNTERS) {
+        loyd_buf_printf(why, "count: a member has at most %d counters", MAX_COUNTERS);
+        return -ENOSPC;
+    }
+    counter_set(ev, name, old + by);
+    char *ref = ref_string(json_object_get(e, "ref"));
+    if (ref != NULL) {
+        json_object_set_new(e, "ref", json_string(ref));
+        /* Only changes with a ref can be undone, so only they are kept; the oldest go first. */
+        if (by != 0) {
+            json_array_append_new(ev->counter_log,
+                                  json_pack("{s:s, s:I, s:s, s:I}", "name", name, "by",
+                                            (json_int_t)by, "ref", ref, "at", (json_int_t)ev->at));
+            size_t same = 0, i, first = SIZE_MAX;
+            json_t *x;
+            json_array_foreach(ev->counter_log, i, x)
+            {
+                if (str_field(x, "name") != NULL && strcmp(str_field(x, "name"), name) == 0) {
+                    if (first == SIZE_MAX)
+                        first = i;
+                    same++;
+                }
+            }
+            if (same > MAX_COUNTER_LOG)
+                json_array_remove(ev->counter_log, first);
+        }
+        free(ref);
+    }
+    json_object_set_new(e, "from", json_integer(old));
+    json_object_set_new(e, "value", json_integer(old + by));
+    return 0;
+}
+
+/*
+ * reverse{ref}: every counter change made under @p ref is undone and forgotten (a second
+ * reversal finds nothing).  A counter never goes below 0: what a later reset already took is
+ * not taken again (noted in the trace).  @return whether anything carried the ref; the new
+ * values go into the result as counters = {name = value}.
+ */
+static bool undo_counters(struct eval *ev, const char *ref, const char *file, json_t *e)
+{
+    json_t *sums = json_object(), *x;
+    const char *k;
+
+    for (size_t i = json_array_size(ev->counter_log); i-- > 0;) {
+        x = json_array_get(ev->counter_log, i);
+        const char *r = str_field(x, "ref"), *name = str_field(x, "name");
+        if (r == NULL || name == NULL || strcmp(r, ref) != 0)
+            continue;
+        int64_t sum = json_integer_value(json_object_get(sums, name));
+        json_object_set_new(sums, name,
+                            json_integer(sum + json_integer_value(json_object_get(x, "by"))));
+        json_array_remove(ev->counter_log, i);
+    }
+    if (json_object_size(sums) == 0) {
+        json_decref(sums);
+        return false;
+    }
+    json_t *now = json_object();
+    json_object_foreach(sums, k, x)
+    {
+        int64_t cur = json_integer_value(json_object_get(ev->counters, k));
+        int64_t v = cur - json_integer_value(x);
+        if (v < 0) {
+            note(ev, "%s: reversal of '%s': counter '%s' is %lld, undoing %lld stops at 0", file,
+                 ref, k, (long long)cur, (long long)json_integer_value(x));
+            v = 0;
+        }
+        if (v > LOYD_LEDGER_MAX_POINTS)
+            v = LOYD_LEDGER_MAX_POINTS;
+        counter_set(ev, k, v);
+        json_object_set_new(now, k, json_integer(v));
+    }
+    json_object_set_new(e, "counters", now);
+    json_decref(sums);
+    return true;
 }
 
 static bool tier_known(struct eval *ev, const char *tier, const char **hint)
@@ -803,6 +1369,8 @@ static int apply_effect(struct eval *ev, json_t *e, const char *file, struct loy
         return apply_redeem(ev, e, why);
     if (strcmp(kind, "reverse") == 0)
         return apply_reverse(ev, e, file, why);
+    if (strcmp(kind, "count") == 0)
+        return apply_count(ev, e, why);
     if (strcmp(kind, "set_tier") == 0) {
         const char *tier = str_field(e, "tier"), *hint;
         if (!is_ident(tier, 32)) {
@@ -868,6 +1436,18 @@ static int apply_effect(struct eval *ev, json_t *e, const char *file, struct loy
             json_object_set(o, "discount_amount", amt);
         if (str_field(e, "reason") != NULL)
             json_object_set(o, "reason", json_object_get(e, "reason"));
+        /* The member keeps it: reverse{ref} withdraws it, a code on a won deal uses it. */
+        json_t *rec = json_deep_copy(o);
+        json_object_del(rec, "op");
+        json_object_set_new(rec, "status", json_string("open"));
+        json_object_set_new(rec, "issued_on", json_string(ev->today));
+        char *ref = ref_string(json_object_get(e, "ref"));
+        if (ref != NULL) {
+            json_object_set_new(rec, "ref", json_string(ref));
+            json_object_set_new(e, "ref", json_string(ref));
+        }
+        free(ref);
+        offer_keep(ev, rec);
         json_array_append_new(ev->outbox, o);
         return 0;
     }
@@ -951,6 +1531,11 @@ static int check_input(const struct loyd_rules_input *in, struct loyd_buf *err)
             return -EINVAL;
         }
     }
+    if (strcmp(type, "offer.redeemed") == 0 &&
+        !json_is_string(json_object_get(json_object_get(e, "offer"), "code"))) {
+        loyd_buf_puts(err, "offer.redeemed: event.offer.code is required (a string)");
+        return -EINVAL;
+    }
     if (in->settings != NULL && !json_is_object(in->settings)) {
         loyd_buf_puts(err, "settings must be an object");
         return -EINVAL;
@@ -1013,6 +1598,7 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
     ev.notes = json_array();
     ev.member_upd = json_object();
     ev.fields = json_object();
+    ev.offers = json_array();
     *result = ev.res;
     json_object_set_new(ev.res, "dry_run", json_boolean(in->dry_run));
     if ((rc = check_input(in, &err)) != 0)
@@ -1030,6 +1616,14 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
     loyd_date_format(ev.at, in->tz_offset_min, ev.today);
     const char *tier = str_field(in->member, "tier");
     ev.tier = tier != NULL ? loyd_xstrdup(tier) : NULL;
+    if (json_is_array(json_object_get(in->member, "offers"))) {
+        json_decref(ev.offers);
+        ev.offers = json_deep_copy(json_object_get(in->member, "offers"));
+    }
+    json_t *mc = json_object_get(in->member, "counters");
+    json_t *ml = json_object_get(in->member, "counter_log");
+    ev.counters = json_is_object(mc) ? json_deep_copy(mc) : json_object();
+    ev.counter_log = json_is_array(ml) ? json_deep_copy(ml) : json_array();
     json_object_set_new(ev.res, "event",
                         json_pack("{s:s, s:I}", "type", type, "at", (json_int_t)ev.at));
     if (str_field(in->event, "key") != NULL)
@@ -1052,12 +1646,14 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
     struct loyd_spend sp;
     if ((rc = loyd_ledger_spend(in->purchases, ev.at, &sp, &err)) != 0)
         goto fail;
-    view = build_view(in->member, &ev.lg, &sp, ev.at, in->tz_offset_min);
+    view = build_view(in->member, &ev.lg, &sp, ev.at, in->tz_offset_min, in->purchases, r->pack);
 
     args[0] = (json_t *)in->event;
     args[1] = view;
     args[2] = (json_t *)ev.settings;
     const struct loyd_pack *pack = r->pack;
+    r->ctx_settings = ev.settings; /* loyd.campaign_remaining: totals before this event */
+    r->ctx_totals = ev.campaigns;
     for (size_t i = 0; i < r->nh; i++) {
         if (strcmp(r->h[i].event, type) != 0)
             continue;
@@ -1148,7 +1744,33 @@ int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rules_input *in, jso
         json_object_set_new(
             ev.res, "purchase",
             json_pack("{s:s, s:O}", "op", "remove", "deal_id", json_object_get(deal, "id")));
+    } else if (strcmp(type, "offer.redeemed") == 0) {
+        /* The code is used: it is no open offer any more, whatever the handlers did. */
+        const char *code = str_field(json_object_get(in->event, "offer"), "code");
+        json_t *o, *found = NULL;
+        json_array_foreach(ev.offers, k, o)
+        {
+            const char *st = str_field(o, "status");
+            if (strcmp(str_field(o, "code"), code) == 0 && st != NULL && strcmp(st, "open") == 0)
+                found = o;
+        }
+        if (found != NULL) {
+            json_object_set_new(found, "status", json_string("used"));
+            json_object_set_new(found, "used_on", json_string(ev.today));
+            if (str_field(deal, "id") != NULL)
+                json_object_set(found, "deal_id", json_object_get(deal, "id"));
+            ev.offers_changed = true;
+        } else {
+            note(&ev, "host: offer %s is not an open offer of this member: nothing to mark used",
+                 code);
+        }
     }
+    if (ev.counters_changed) {
+        json_object_set(ev.member_upd, "counters", ev.counters);
+        json_object_set(ev.member_upd, "counter_log", ev.counter_log);
+    }
+    if (ev.offers_changed)
+        json_object_set(ev.member_upd, "offers", ev.offers);
     if (ev.lg.balance != balance_before || ev.tier_changed || ev.fields_changed) {
         json_t *fields = json_deep_copy(ev.fields);
         json_object_set_new(fields, "balance", json_integer(ev.lg.balance));
@@ -1187,6 +1809,7 @@ fail:
                         json_pack("{s:O, s:O, s:O}", "handlers", handlers, "proposed", proposed,
                                   "notes", ev.notes));
 done:
+    r->ctx_settings = r->ctx_totals = NULL;
     json_decref(own_settings);
     loyd_buf_free(&err);
     json_decref(view);
@@ -1200,6 +1823,14 @@ done:
     json_decref(ev.member_upd);
     json_decref(ev.fields);
     json_decref(ev.campaigns);
+    json_decref(ev.offers);
+    json_decref(ev.counters);
+    json_decref(ev.counter_log);
+    for (size_t j = 0; j < ev.nothers; j++) {
+        free(ev.others[j].member_id);
+        loyd_ledger_deinit(&ev.others[j].lg);
+    }
+    free(ev.others);
     free(ev.tier);
     if (ev.lg.rows != NULL)
         loyd_ledger_deinit(&ev.lg);
@@ -1222,6 +1853,14 @@ static json_t *sample_event(const char *type, int64_t at)
                             json_pack("{s:s, s:I, s:s, s:s, s:I}", "id", "100", "amount",
                                       (json_int_t)125000, "currency", "RUB", "contact_id", "1",
                                       "redeem_points", (json_int_t)0));
+    if (strcmp(type, "offer.redeemed") == 0) {
+        json_object_set_new(ev, "offer",
+                            json_pack("{s:s, s:i, s:s, s:s}", "code", "SAMPLE-1", "discount_pct",
+                                      10, "valid_until", "2026-05-31", "ref", "99"));
+        json_object_set_new(ev, "deal",
+                            json_pack("{s:s, s:I, s:s, s:s}", "id", "100", "amount",
+                                      (json_int_t)125000, "currency", "RUB", "contact_id", "1"));
+    }
     return ev;
 }
 
@@ -1281,13 +1920,14 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
             const char *key = str_field(d, "key"), *t = str_field(d, "type");
             int line = loyd_pack_line_of(f->src, key);
             if (!loyd_rules_event_known(key)) {
-                const char *s = loyd_suggest(key, loyd_rules_events, 7);
+                const char *s = loyd_suggest(key, loyd_rules_events, N_EVENTS);
                 loyd_buf_printf(out, "%s:%d: '%s' is not an event name", f->path, line, key);
                 if (s != NULL)
                     loyd_buf_printf(out, " (did you mean '%s'?)", s);
                 else
                     loyd_buf_puts(out, " (events: contact.created, contact.updated, deal.won, "
-                                       "deal.reopened, deal.updated, birthday, tick)");
+                                       "deal.reopened, deal.updated, birthday, tick, "
+                                       "offer.redeemed)");
                 loyd_buf_puts(out, "\n");
                 problems++;
             } else if (strcmp(t, "function") != 0) {
@@ -1309,9 +1949,11 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
                                   "at", (json_int_t)(at - 40 * LOYD_DAY_MS));
     json_t *view = NULL;
     struct loyd_buf verr = {0};
-    if (loyd_rules_member_view(member, ledger, purchases, at, 0, &view, &verr) != 0)
+    if (loyd_rules_pack_member_view(r->pack, member, ledger, purchases, at, 0, &view, &verr) != 0)
         view = json_object();
     loyd_buf_free(&verr);
+    r->ctx_settings = settings != NULL ? settings : r->pack->defaults; /* nothing spent yet */
+    r->ctx_totals = NULL;
     for (size_t i = 0; i < r->nh; i++) {
         const struct loyd_pack_file *f = &pack->rules[r->h[i].file];
         const char *type = r->h[i].event;
@@ -1352,6 +1994,7 @@ size_t loyd_rules_lint(struct loyd_rules *r, const json_t *settings, struct loyd
         json_decref(log);
         json_decref(ev);
     }
+    r->ctx_settings = NULL;
     json_decref(view);
     json_decref(member);
     json_decref(ledger);

@@ -10,13 +10,17 @@
  * all use the same path; the daemon applies the result in one store transaction.
  *
  * Events: contact.created, contact.updated, deal.won, deal.reopened, deal.updated, birthday,
- * tick.  Handler: function(ev, member, settings) -> list of effects | nil.
- * Effects: award, redeem, reverse, set_tier, offer, note, task, set_field (docs/RULES.md).
+ * tick, offer.redeemed.  Handler: function(ev, member, settings) -> list of effects | nil.
+ * Effects: award, redeem, reverse, set_tier, offer, note, task, set_field, count
+ * (docs/RULES.md).
  *
  * Settings the host itself reads (all optional):
  *   allow_negative_balance (bool)      a reversal or redemption may take the balance below 0
  *   caps = { award_per_event=, award_per_day=, award_per_month= }  points per member, 0 = none
  *   budgets = { <campaign> = points }  tenant-wide cap on awards carrying campaign=<name>
+ *   any setting of type "campaigns"    each entry's `budget` caps its awards the same way (the
+ *                                      smaller of the two binds; campaign.h); rules read it
+ *                                      with loyd.campaign_remaining(name)
  *   tiers = { "bronze", "silver", ... } valid tier names, lowest first
  *
  * Threading: a struct loyd_rules belongs to one thread at a time (its sandbox does).
@@ -55,10 +59,19 @@ LOYD_MUST_CHECK int loyd_rules_create(const struct loyd_pack *pack,
 /** Accepts NULL. */
 void loyd_rules_destroy(struct loyd_rules *r);
 
+/*
+ * The rows of the other members a reverse{ref} reaches: *out gets a new object {member_id:
+ * [every ledger row of that member]} for each member other than the evaluated one that has
+ * rows with @p ref (empty when none).  @return 0 or an error (the reverse is then rejected and
+ * nothing of it written).
+ */
+typedef int (*loyd_rules_ref_ledgers_fn)(void *arg, const char *ref, json_t **out);
+
 struct loyd_rules_input {
     const json_t *event;     /* canonical event: {type, key, at, deal?, contact?} (borrowed) */
     const json_t *member;    /* member row: {id, tier, birthday, referrer, attributes,
-                                last_birthday_offer_year} (borrowed) */
+                                last_birthday_offer_year, offers, counters,
+                                counter_log} (borrowed) */
     const json_t *ledger;    /* this member's ledger rows (borrowed; NULL = none) */
     const json_t *purchases; /* [{deal_id, amount, at}] (borrowed; NULL = none) */
     const json_t *settings;  /* effective settings from loyd_pack_settings (borrowed) */
@@ -68,6 +81,10 @@ struct loyd_rules_input {
     bool dry_run;                  /* only marks the result: evaluation never writes */
     bool settings_stable;          /* settings live, unchanged, as long as these rules: their
                                       Lua table is built once and kept */
+    /* reverse{ref} reaches awards of other members under the ref (a referrer's bonus) through
+     * this; NULL: this member's rows only. */
+    loyd_rules_ref_ledgers_fn ref_ledgers;
+    void *ref_arg;
 };
 
 /**
@@ -77,7 +94,8 @@ struct loyd_rules_input {
  *    "ledger":[row...],                 rows to insert (provisional ids, see ledger.h)
  *    "outbox":[{"op":"contact.fields","fields":{balance,tier,...}} | {"op":"note",...} |
  *              {"op":"task",...} | {"op":"offer",...} | {"op":"member.refresh",...}],
- *    "member":{tier?, attributes?, last_birthday_offer_year?},   updates to the member row
+ *    "member":{tier?, attributes?, last_birthday_offer_year?, counters?, counter_log?},
+ *                                       updates to the member row (counters: the whole record)
  *    "purchase":{"op":"add"|"remove", deal_id, amount, currency, at}?,
  *    "balance_before", "balance", "tier",
  *    "trace":{"handlers":[{"file","event","effects","log"}], "notes":[...]},
@@ -98,6 +116,16 @@ LOYD_MUST_CHECK int loyd_rules_eval(struct loyd_rules *r, const struct loyd_rule
 LOYD_MUST_CHECK int loyd_rules_member_view(const json_t *member, const json_t *ledger,
                                            const json_t *purchases, int64_t now_ms,
                                            int tz_offset_min, json_t **out, struct loyd_buf *err);
+/**
+ * The same view as the pack's handlers see it: also the pack's purchase windows (pack.conf
+ * `windows`: member.spend.d90, member.purchases["since:2026-01-01"], ...) and every counter
+ * pack.conf declares in member.counters (0 until it counts).  @p pack may be NULL (then it is
+ * loyd_rules_member_view).
+ */
+LOYD_MUST_CHECK int loyd_rules_pack_member_view(const struct loyd_pack *pack, const json_t *member,
+                                                const json_t *ledger, const json_t *purchases,
+                                                int64_t now_ms, int tz_offset_min, json_t **out,
+                                                struct loyd_buf *err);
 
 /**
  * Checks one effect's shape (kind, required fields, types, unknown fields with the nearest
@@ -127,8 +155,9 @@ bool loyd_rules_handles(const struct loyd_rules *r, const char *type);
  */
 struct loyd_pack_test_opts {
     const char *search_path; /* colon-separated directories for `extends = "name"` */
-    const char *filter;      /* run only tests whose name contains this (NULL = all) */
-    bool verbose;            /* also print the trace of failing tests */
+    const char *filter;      /* run only tests whose name ("name [entry]") contains this */
+    const char *tenant;      /* tenant file whose `settings` apply under each test's (or NULL) */
+    bool verbose;            /* print each test's evaluation trace, a line per step */
 };
 
 /**
@@ -147,8 +176,9 @@ int loyd_pack_check_run(const char *dir, const char *search_path, FILE *out);
 
 /**
  * The CLI entry points main() dispatches to.  argv[0] is the command name ("check"/"test"),
- * the rest its arguments:  check PACK_DIR   |   test [-v] [-k SUBSTRING] PACK_DIR
- * @return the process exit status (0, 1, or 2 for usage errors).
+ * the rest its arguments:  check PACK_DIR   |   test [-v] [-k TEXT] [--tenant FILE] PACK_DIR
+ * (--help explains either, exit 0).  @return the process exit status (0, 1, or 2 for usage
+ * errors).
  */
 int loyd_cmd_check(int argc, char **argv);
 int loyd_cmd_test(int argc, char **argv);

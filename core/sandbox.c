@@ -463,7 +463,6 @@ static int l_math_random(lua_State *L)
 
 /* ---- the loyd table: clock and dates --------------------------------------------------- */
 
-
 static int64_t check_date(lua_State *L, int arg)
 {
     size_t len;
@@ -532,6 +531,24 @@ static int l_days_between(lua_State *L)
 {
     int64_t a = check_date(L, 1), b = check_date(L, 2);
     lua_pushinteger(L, (lua_Integer)(b - a));
+    return 1;
+}
+
+/* ISO weekday, Monday 1 .. Sunday 7, of a date (default: today in the tenant's calendar). */
+static int l_weekday(lua_State *L)
+{
+    int64_t days;
+
+    if (lua_isnoneornil(L, 1)) {
+        struct loyd_sandbox *sb = in_call_or_raise(L, "loyd.weekday()");
+        int64_t ms = (int64_t)sb->now_ms + (int64_t)sb->tz_offset_min * 60000;
+        days = ms >= 0 ? ms / 86400000 : -((-ms + 86399999) / 86400000);
+    } else {
+        days = check_date(L, 1);
+    }
+    /* Day 0, 1970-01-01, was a Thursday (4). */
+    int64_t r = (days + 3) % 7;
+    lua_pushinteger(L, (lua_Integer)(r < 0 ? r + 7 : r) + 1);
     return 1;
 }
 
@@ -662,6 +679,7 @@ static int l_setup(lua_State *L)
         {"today", l_today},
         {"date_add_days", l_date_add_days},
         {"days_between", l_days_between},
+        {"weekday", l_weekday},
         {"array", l_array},
         {"is_array", l_is_array},
         {"json_encode", l_json_encode},

@@ -933,7 +933,12 @@ static int w_apply_ids(struct sq_store *s, struct op *op, int64_t *real_ids)
         const char *member = e->member_id != NULL ? e->member_id : a->member_id;
         int64_t lot_id = e->lot_id;
         for (size_t j = 0; lot_id != 0 && j < i; j++) {
-            if (a->ledger[j].provisional_id != 0 && a->ledger[j].provisional_id == e->lot_id) {
+            /* Provisional ids count per member (each member's ledger numbers its own new
+             * rows), and a row only ever draws on a lot of its own member. */
+            const char *mj = a->ledger[j].member_id != NULL ? a->ledger[j].member_id
+                                                            : a->member_id;
+            if (a->ledger[j].provisional_id != 0 && a->ledger[j].provisional_id == e->lot_id &&
+                mj != NULL && member != NULL && strcmp(mj, member) == 0) {
                 lot_id = real_ids[j];
                 break;
             }

@@ -9,8 +9,11 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "applied.h"
 #include "civil_date.h"
+#include "contact_match.h"
 #include "derive.h"
 #include "ledger.h"
 #include "log.h"
@@ -271,11 +274,37 @@ struct applying {
     bool engine; /* submitted through the engine: its -EINVAL comes with a dead letter */
 };
 
+/*
+ * One info line per event the rules acted on, in the pack's display units, read back from the
+ * stored trace: "tenant=shop event=deal:3:won deal.won member=7 deal=3: redeem 3,000 points of
+ * 5,000 requested (cap 3,000); +140 points (cashback, deal 3); balance ...".  An event they
+ * ignored (most daily ticks) is a debug line: a tenant's day would otherwise bury the rest.
+ */
+static void log_applied(struct loyd_worker *w, const json_t *ev)
+{
+    const char *key = sfield(ev, "key");
+    json_t *row = NULL;
+
+    if (loyd_log_max_level < LOYD_LOG_INFO || key == NULL ||
+        loyd_store_event_get(w->env.store, w->tenant, key, &row) != 0)
+        return;
+    struct loyd_buf words = {0};
+    bool acted = loyd_applied_words(ev, json_object_get(row, "trace"), unit_of(w), &words);
+    if (acted)
+        loyd_log_info(WORKER, "tenant=%s event=%s %s", w->tenant, key, words.data);
+    else
+        loyd_log_debug(WORKER, "tenant=%s event=%s %s", w->tenant, key, words.data);
+    loyd_buf_free(&words);
+    json_decref(row);
+}
+
 static void on_applied(void *arg, int err)
 {
     struct applying *a = arg;
     struct loyd_worker *w = a->w;
 
+    if (err == 0 && a->engine)
+        log_applied(w, a->event);
     if (err == 0)
         w->stats.events_applied++;
     else if (err == LOYD_EDUP)
@@ -704,6 +733,113 @@ static void birthday_follows(struct loyd_worker *w, const json_t *snap)
     free(key);
 }
 
+/*
+ * The contact's "referred by" CRM field (the snapshot's referred_by, loyd/plugin.h) as the
+ * member id rules read in member.referrer, put into @p ev's contact as "referrer" while the
+ * member has none (the engine keeps the first one: a referral is not moved later).  A value
+ * that names nobody is a warning that says which kind of value it was and why, never the
+ * phone or email itself.  @return 0 or a store error.
+ */
+static int referrer_fill(struct loyd_worker *w, json_t *ev)
+{
+    json_t *contact = json_object_get(ev, "contact"), *m = NULL;
+    const json_t *rb = json_object_get(contact, "referred_by");
+    const char *id = sfield(contact, "id");
+    char *ref = NULL;
+    struct loyd_buf why = {0};
+    int rc;
+
+    if (!json_is_object(rb) || id == NULL || json_object_get(contact, "referrer") != NULL)
+        return 0;
+    if ((rc = loyd_store_member_get(w->env.store, w->tenant, id, &m)) != 0 && rc != -ENOENT)
+        return rc;
+    bool known = json_is_string(json_object_get(json_object_get(m, "profile"), "referrer"));
+    json_decref(m);
+    if (known)
+        return 0;
+    rc = loyd_referrer_resolve(w->env.store, w->tenant, id, rb, &ref, &why);
+    if (rc == 0) {
+        json_object_set_new(contact, "referrer", json_string(ref));
+        loyd_log_info(WORKER, "tenant=%s contact %s was referred by member %s", w->tenant, id,
+                      ref);
+    } else if (rc == -ENOENT || rc == -EINVAL) {
+        const char *kind = "?";
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)rb, k, v) kind = k;
+        loyd_log_warn(WORKER,
+                      "tenant=%s contact %s: its \"referred by\" field (a %s) names no referrer: "
+                      "%s",
+                      w->tenant, id, strcmp(kind, "contact_id") == 0 ? "contact id" : kind,
+                      why.data != NULL ? why.data : "?");
+        rc = 0;
+    }
+    free(ref);
+    loyd_buf_free(&why);
+    return rc;
+}
+
+/*
+ * An offer code on a won deal (derive.h offer_use): when it is an open, valid offer of the
+ * deal's member, the offer.redeemed event {offer, deal}, keyed per member and code so that it
+ * is applied once.  It goes through the engine even when no rule handles it: the engine marks
+ * the offer used.  @return 1 when a callback continues the unit, 0 when there is nothing to
+ * apply, or a store error.
+ */
+static int offer_use_apply(struct loyd_worker *w, const json_t *use)
+{
+    const char *code = sfield(use, "code");
+    const json_t *deal = json_object_get(use, "deal");
+    const char *mid = sfield(deal, "contact_id"), *deal_id = sfield(deal, "id");
+    json_t *m = NULL, *o, *offer = NULL;
+    size_t i;
+    char today[11];
+    int rc;
+
+    if (code == NULL || mid == NULL)
+        return 0;
+    if ((rc = loyd_store_member_get(w->env.store, w->tenant, mid, &m)) != 0 && rc != -ENOENT)
+        return rc;
+    json_array_foreach(json_object_get(json_object_get(m, "profile"), "offers"), i, o)
+    {
+        const char *st = sfield(o, "status"), *c = sfield(o, "code");
+        if (c != NULL && strcasecmp(c, code) == 0 && st != NULL && strcmp(st, "open") == 0)
+            offer = o;
+    }
+    loyd_date_format((int64_t)now_ms(w), loyd_engine_tz_offset_min(w->env.engine), today);
+    const char *until = sfield(offer, "valid_until");
+    if (offer == NULL || (until != NULL && strcmp(until, today) < 0)) {
+        /* A code is no personal data: naming it lets the manager see the typo. */
+        loyd_log_warn(WORKER, "tenant=%s deal %s: offer code '%.64s' is %s of contact %s",
+                      w->tenant, deal_id != NULL ? deal_id : "?", code,
+                      offer == NULL ? "not an open offer" : "an expired offer", mid);
+        json_decref(m);
+        return 0;
+    }
+    json_t *oc = json_deep_copy(offer);
+    json_object_del(oc, "status");
+    char *key = loyd_xasprintf("offer:%s:%s:redeemed", mid, sfield(offer, "code"));
+    json_t *ev = json_pack("{s:s, s:s, s:I, s:o, s:O}", "type", "offer.redeemed", "key", key,
+                           "at", (json_int_t)now_ms(w), "offer", oc, "deal", deal);
+    free(key);
+    json_decref(m);
+    struct applying *a = loyd_xcalloc(1, sizeof(*a));
+    a->w = w;
+    a->event = ev;
+    a->engine = true;
+    rc = loyd_engine_process_state(w->env.engine, w->env.store, ev, 0, NULL, NULL, on_applied, a);
+    if (rc == 0)
+        return 1;
+    json_decref(a->event);
+    free(a);
+    if (rc == -EINVAL) {
+        loyd_log_err(WORKER, "tenant=%s deal %s: the engine refused the offer.redeemed event",
+                     w->tenant, deal_id != NULL ? deal_id : "?");
+        return 0;
+    }
+    return rc;
+}
+
 /* One snapshot: derive against the stored state, then apply or just store the state. */
 static int apply_snapshot(struct loyd_worker *w, const json_t *snap, const json_t *contact)
 {
@@ -748,6 +884,16 @@ static int apply_snapshot(struct loyd_worker *w, const json_t *snap, const json_
     state_text = json_dumps(d.state, JSON_COMPACT | JSON_SORT_KEYS);
     if (strcmp(kind, "contact") == 0 && (d.learned || d.event != NULL))
         birthday_follows(w, snap);
+    if (d.offer_use != NULL)
+        json_array_insert_new(w->unit.items, w->unit.i + 1,
+                              json_pack("{s:O}", "offer_use", d.offer_use));
+    if (d.event != NULL && (rc = referrer_fill(w, d.event)) != 0) {
+        free(state_text);
+        loyd_derived_free(&d);
+        json_decref(prev);
+        json_decref(own);
+        return rc;
+    }
     if (d.learned && strcmp(kind, "contact") == 0) {
         rc = learn_contact(w, snap, d.state_key, state_text);
     } else if (d.event != NULL) {
@@ -774,9 +920,10 @@ static void unit_step(struct loyd_worker *w)
     while (w->unit.i < json_array_size(w->unit.items)) {
         json_t *item = json_array_get(w->unit.items, w->unit.i);
         json_t *snap = json_object_get(item, "snap");
-        int rc = snap != NULL
-                     ? apply_snapshot(w, snap, json_object_get(item, "contact"))
-                     : apply_event(w, json_object_get(item, "event"), NULL, NULL);
+        json_t *use = json_object_get(item, "offer_use");
+        int rc = snap != NULL  ? apply_snapshot(w, snap, json_object_get(item, "contact"))
+                 : use != NULL ? offer_use_apply(w, use)
+                               : apply_event(w, json_object_get(item, "event"), NULL, NULL);
         if (rc == 1)
             return; /* a callback continues */
         if (rc < 0) {
@@ -893,8 +1040,12 @@ static void row_failed(struct loyd_worker *w, struct row *r, int err)
         return;
     }
     w->stats.rows_retried++;
-    loyd_log_info(WORKER, "tenant=%s inbox row %" PRId64 " will be retried: %s", w->tenant,
-                  r->id, msg);
+    if (err == LOYD_ECONFIG) /* the connector named the missing setting once */
+        loyd_log_debug(WORKER, "tenant=%s inbox row %" PRId64 " waits: %s", w->tenant, r->id,
+                       msg);
+    else
+        loyd_log_info(WORKER, "tenant=%s inbox row %" PRId64 " will be retried: %s", w->tenant,
+                      r->id, msg);
     /* Rate limits and missing settings are not the row's fault: they are not attempts. */
     if (!waits &&
         loyd_store_inbox_finish(w->env.store, r->id, "retry", msg, NULL, NULL) != 0)
@@ -1065,9 +1216,15 @@ static void on_sync_page(void *arg, int err, json_t *snapshots, bool more)
 
     if (err != 0 || !json_is_array(snapshots)) {
         json_decref(snapshots);
-        loyd_log_warn(WORKER, "tenant=%s %s of %ss failed: %s", w->tenant,
-                      w->sync_initial ? "start-up sync" : "sweep", w->sync_entity,
-                      loyd_strerror(err != 0 ? err : LOYD_EPLUGIN));
+        /* Missing CRM settings were named once by the connector when the tenant opened; each
+         * retry saying "invalid configuration" again would only bury that line. */
+        if (err == LOYD_ECONFIG)
+            loyd_log_debug(WORKER, "tenant=%s %s of %ss waits for the CRM settings", w->tenant,
+                           w->sync_initial ? "start-up sync" : "sweep", w->sync_entity);
+        else
+            loyd_log_warn(WORKER, "tenant=%s %s of %ss failed: %s", w->tenant,
+                          w->sync_initial ? "start-up sync" : "sweep", w->sync_entity,
+                          loyd_strerror(err != 0 ? err : LOYD_EPLUGIN));
         lane_release(w, true);
         return;
     }
@@ -1128,8 +1285,9 @@ static bool sync_start(struct loyd_worker *w)
         w->sync_after = sfield(st, "after") ? loyd_xstrdup(sfield(st, "after")) : NULL;
         w->sweep_started = now;
         json_decref(st);
-        loyd_log_notice(WORKER, "tenant=%s start-up sync: reading %ss", w->tenant,
-                        w->sync_entity);
+        if (w->retry_wait_ms == 0) /* not again on each retry after a failure */
+            loyd_log_notice(WORKER, "tenant=%s start-up sync: reading %ss", w->tenant,
+                            w->sync_entity);
     } else {
         uint64_t since = (uint64_t)ifield(st, "at");
         json_decref(st);
@@ -1417,9 +1575,14 @@ static json_t *outbox_item(struct loyd_worker *w, const json_t *row, const char 
             *why = "deal.mark without a deal id and points";
             return NULL;
         }
-        return json_pack("{s:s, s:O, s:o}", "op", "deal.mark", "deal_id",
-                         json_object_get(p, "deal_id"), "awarded",
-                         loyd_points_json(ifield(p, "awarded"), unit_of(w)));
+        json_t *mark = json_pack("{s:s, s:O, s:o}", "op", "deal.mark", "deal_id",
+                                 json_object_get(p, "deal_id"), "awarded",
+                                 loyd_points_json(ifield(p, "awarded"), unit_of(w)));
+        /* Items queued before "redeemed" existed carry the net in "awarded" only. */
+        if (json_is_integer(json_object_get(p, "redeemed")))
+            json_object_set_new(mark, "redeemed",
+                                loyd_points_json(ifield(p, "redeemed"), unit_of(w)));
+        return mark;
     }
     if (member == NULL) {
         *why = "write-back without a member";

@@ -316,6 +316,78 @@ static void rand_hex(struct b24emu *e, char out[33])
     out[32] = '\0';
 }
 
+/* Every option b24emu_create reads (emu.h; connectors/bitrix24/README.md has each one). */
+const char *const b24emu_option_keys[] = {
+    "portal",         "member_id",          "application_token", "webhook_user",
+    "webhook_code",   "client_id",          "client_secret",     "access_token",
+    "refresh_token",  "token_ttl_s",        "refresh_ttl_s",     "server_endpoint",
+    "handlers",       "rate",               "operating_limit_ms", "operating_cost_ms",
+    "operating_cost", "operating_batch",    "tz_offset_min",     "currency",
+    "seed",           "max_events",         "clock_ms",          NULL,
+};
+static const char *const rate_keys[] = {"drain", "burst", NULL};
+static const char *const handler_keys[] = {"url", "id", "events", NULL};
+
+/* Edit distance of two short keys (a typo is a letter or two away). */
+static size_t distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), row[64], i, j;
+    if (la >= 63 || lb >= 63)
+        return SIZE_MAX;
+    for (j = 0; j <= lb; j++)
+        row[j] = j;
+    for (i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            if (up + 1 < best)
+                best = up + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+/*
+ * Refuses a key of @p o that is not in @p known (@p where: "" or "rate." ...), with the
+ * nearest known key when one is close: an option mistyped would otherwise be a default in
+ * silence (a "webhok_code" and no inbound webhook at all).
+ */
+static int opt_keys(const json_t *o, const char *const *known, const char *where,
+                    struct loyd_errbuf *err)
+{
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)o, k, v)
+    {
+        const char *best = NULL;
+        size_t bd = SIZE_MAX, i;
+        for (i = 0; known[i] != NULL && strcmp(known[i], k) != 0; i++) {
+            size_t d = distance(k, known[i]);
+            if (d < bd) {
+                bd = d;
+                best = known[i];
+            }
+        }
+        if (known[i] != NULL)
+            continue;
+        bool near = best != NULL && bd <= 2 + strlen(k) / 4;
+        if (err != NULL && err->size > 0)
+            snprintf(err->msg, err->size,
+                     "bitrix24 emulator: unknown option '%s%s'%s%s%s%s (every option: "
+                     "connectors/bitrix24/README.md, \"The emulator\")",
+                     where, k, near ? "; did you mean '" : "", near ? where : "",
+                     near ? best : "", near ? "'?" : "");
+        return LOYD_ECONFIG;
+    }
+    return 0;
+}
+
 static const char *opt_str(const json_t *o, const char *key, const char *def)
 {
     const json_t *v = json_object_get(o, key);
@@ -381,6 +453,17 @@ int b24emu_create(const json_t *o, b24emu_form_parse_fn form_parse, void *form_c
     }
     e->form_parse = form_parse;
     e->form_ctx = form_ctx;
+    if ((rc = opt_keys(o, b24emu_option_keys, "", err)) != 0 ||
+        (json_is_object(json_object_get(o, "rate")) &&
+         (rc = opt_keys(json_object_get(o, "rate"), rate_keys, "rate.", err)) != 0))
+        goto fail;
+    for (size_t i = 0; i < json_array_size(json_object_get(o, "handlers")); i++) {
+        const json_t *h = json_array_get(json_object_get(o, "handlers"), i);
+        char where[40];
+        snprintf(where, sizeof(where), "handlers[%zu].", i);
+        if (json_is_object(h) && (rc = opt_keys(h, handler_keys, where, err)) != 0)
+            goto fail;
+    }
     if ((rc = opt_int(o, "seed", 0x2545F4914F6CDD1DLL, 1, INT64_MAX, &x, err)) != 0)
         goto fail;
     e->rng = (uint64_t)x;
@@ -513,6 +596,42 @@ int b24emu_create(const json_t *o, b24emu_form_parse_fn form_parse, void *form_c
 fail:
     b24emu_destroy(e);
     return rc;
+}
+
+void b24emu_announce(const struct b24emu *e, const char *base,
+                     void (*say)(void *ctx, const char *line), void *ctx)
+{
+    char line[512];
+
+    if (e->webhook_code != NULL)
+        snprintf(line, sizeof(line),
+                 "bitrix24 emulator: inbound webhook %s/rest/%s/%s/ (user %s, code %s): "
+                 "crm.webhook_url",
+                 base, e->webhook_user, e->webhook_code, e->webhook_user, e->webhook_code);
+    else
+        snprintf(line, sizeof(line),
+                 "bitrix24 emulator: no inbound webhook (set webhook_code in --options); OAuth "
+                 "calls only, at %s/rest/",
+                 base);
+    say(ctx, line);
+    snprintf(line, sizeof(line),
+             "bitrix24 emulator: portal %s, member_id %s, application_token %s: its events "
+             "carry both (crm.member_id, crm.application_token)",
+             e->portal, e->member_id, e->app_token);
+    say(ctx, line);
+    snprintf(line, sizeof(line),
+             "bitrix24 emulator: OAuth at %s/rest/ with tokens from %s/oauth/token/ (client_id "
+             "%s)",
+             base, base, e->client_id != NULL ? e->client_id : "any");
+    say(ctx, line);
+    if (e->n_handlers == 0) {
+        say(ctx, "bitrix24 emulator: no handler yet: events go to the URLs of --handler or "
+                 "event.bind");
+    }
+    for (size_t i = 0; i < e->n_handlers; i++) {
+        snprintf(line, sizeof(line), "bitrix24 emulator: events go to %s", e->handlers[i].url);
+        say(ctx, line);
+    }
 }
 
 void b24emu_destroy(struct b24emu *e)

@@ -43,7 +43,8 @@
  *                       returns the event's auth block.
  *     loyd.emu.reset_limits  empties the leaky bucket and the operating baskets.
  *
- * Options (all optional):
+ * Options (all optional; connectors/bitrix24/README.md "The emulator" says what each does,
+ * and an unknown key is refused):
  *   portal ("emu.bitrix24.test"), member_id, application_token, webhook_user ("1"),
  *   webhook_code, client_id, client_secret (checked by the token endpoint when set),
  *   access_token + refresh_token (a pre-issued pair), token_ttl_s (3600),
@@ -87,6 +88,17 @@ LOYD_MUST_CHECK int b24emu_create(const json_t *options, b24emu_form_parse_fn fo
                                   void *form_ctx, uint64_t now_ms, struct b24emu **out,
                                   struct loyd_errbuf *err);
 void b24emu_destroy(struct b24emu *e);
+
+/** The keys b24emu_create takes, NULL-terminated (any other key is refused, with the nearest). */
+extern const char *const b24emu_option_keys[];
+
+/**
+ * What a client needs to reach the portal at @p base ("http://127.0.0.1:8090"): the inbound
+ * webhook URL with its user and code, the member_id and application token its events carry,
+ * the OAuth endpoints and the handler URLs; one @p say per line.
+ */
+void b24emu_announce(const struct b24emu *e, const char *base,
+                     void (*say)(void *ctx, const char *line), void *ctx);
 
 /**
  * Answers one REST call.  params is borrowed: a JSON object (a form body parsed by the form

@@ -363,6 +363,12 @@ static void emu_stop(void *state)
         srv_free(s); /* otherwise the last event_done() frees it */
 }
 
+static void announce_line(void *ctx, const char *line)
+{
+    struct emu_srv *s = ctx;
+    s->host->log(s->hctx, LOYD_LOG_INFO, "%s", line);
+}
+
 static int emu_start(const struct loyd_host_api *host, void *hctx, const char *listen_addr,
                      const json_t *options, void **state_out, int *port_out)
 {
@@ -390,6 +396,12 @@ static int emu_start(const struct loyd_host_api *host, void *hctx, const char *l
         return rc;
     }
     host->log(hctx, LOYD_LOG_INFO, "bitrix24 emulator listening on port %d", *port_out);
+    /* Its codes and URLs, so that a tenant file can be written from the log alone. */
+    char base[300];
+    size_t hn = strrchr(listen_addr, ':') != NULL ? (size_t)(strrchr(listen_addr, ':') - listen_addr)
+                                                  : strlen(listen_addr);
+    snprintf(base, sizeof(base), "http://%.*s:%d", (int)hn, listen_addr, *port_out);
+    b24emu_announce(s->emu, base, announce_line, s);
     *state_out = s;
     return 0;
 }

@@ -78,6 +78,15 @@ const struct loyd_config_field b24_tenant_config[] = {
      "member attributes read from contact fields: { review_left = \"UF_CRM_REVIEW_LEFT\" }"},
     {LOYD_FIELD_STRING, "redeem_field", NULL, false,
      "deal field holding the points a customer pays with (UF_CRM_...)"},
+    {LOYD_FIELD_STRING, "referrer_field", "UF_CRM_LOYD_REFERRED_BY", false,
+     "contact field naming who referred the contact (member.referrer); the default is loyd's "
+     "own \"Loyalty: referred by\" field; \"\" turns referrals by CRM field off"},
+    {LOYD_FIELD_STRING, "referrer_match", "phone", false,
+     "what referrer_field holds: \"phone\" (any format), \"email\", \"contact_id\" or "
+     "\"code\" (the referrer's code from their \"Loyalty: referral code\" field)"},
+    {LOYD_FIELD_STRING, "offer_code_field", "UF_CRM_LOYD_OFFER_CODE", false,
+     "deal field with the offer code the customer used (offer.redeemed when the deal is won); "
+     "the default is loyd's own \"Loyalty: offer code used\" field; \"\" turns it off"},
     {0},
 };
 
@@ -150,6 +159,37 @@ int b24_tenant_open(void *plugin_state, void *hctx, const json_t *crm, void **ou
     t->app_token = dup_opt(crm, "application_token");
     t->member_id = dup_opt(crm, "member_id");
     t->redeem_field = dup_opt(crm, "redeem_field");
+    /* Absent keys (a caller that skipped the schema's defaults) mean the defaults; "" is off. */
+    const json_t *rf = json_object_get(crm, "referrer_field");
+    t->referrer_field =
+        rf == NULL ? strdup("UF_CRM_LOYD_REFERRED_BY") : dup_opt(crm, "referrer_field");
+    const json_t *of = json_object_get(crm, "offer_code_field");
+    t->offer_code_field =
+        of == NULL ? strdup("UF_CRM_LOYD_OFFER_CODE") : dup_opt(crm, "offer_code_field");
+    const char *match = json_string_value(json_object_get(crm, "referrer_match"));
+    static const char *const matches[] = {"phone", "email", "contact_id", "code"};
+    t->referrer_match = B24_REF_PHONE;
+    for (size_t i = 0; match != NULL && i < sizeof(matches) / sizeof(matches[0]); i++)
+        if (strcmp(match, matches[i]) == 0)
+            t->referrer_match = (enum b24_referrer_match)i;
+    if (match != NULL && strcmp(match, matches[t->referrer_match]) != 0) {
+        p->host->log(hctx, LOYD_LOG_ERR,
+                     "crm.referrer_match: expected \"phone\", \"email\", \"contact_id\" or "
+                     "\"code\", got \"%.40s\"",
+                     match);
+        b24_tenant_close(t);
+        return LOYD_ECONFIG;
+    }
+    static const char *const ufs[] = {"referrer_field", "offer_code_field"};
+    for (size_t i = 0; i < sizeof(ufs) / sizeof(ufs[0]); i++) {
+        const char *f = i == 0 ? t->referrer_field : t->offer_code_field;
+        if (f != NULL && strncmp(f, "UF_", 3) != 0) {
+            p->host->log(hctx, LOYD_LOG_ERR, "crm.%s: expected a field name UF_..., got \"%.40s\"",
+                         ufs[i], f);
+            b24_tenant_close(t);
+            return LOYD_ECONFIG;
+        }
+    }
     const json_t *attrs = json_object_get(crm, "attributes");
     t->attributes = json_is_object(attrs) ? json_deep_copy(attrs) : json_object();
     const char *k;
@@ -249,6 +289,14 @@ int b24_tenant_open(void *plugin_state, void *hctx, const json_t *crm, void **ou
         json_decref(t->uf_known);
         t->uf_known = json_object();
     }
+    if (t->rest == NULL)
+        /* Said once here, with what is missing: the worker's reads then wait without a word
+         * (they fail with LOYD_ECONFIG until a reload brings the setting). */
+        p->host->log(hctx, LOYD_LOG_WARN,
+                     "neither crm.webhook_url (an inbound webhook) nor crm.client_id (an OAuth "
+                     "app) is set: loyd cannot read or write the portal; its webhooks are kept "
+                     "and wait until one is set (then reload: SIGHUP)");
+    b24_redeem_field_check(t);
     *out = t;
     return 0;
 }
@@ -260,6 +308,8 @@ void b24_tenant_close(void *tenant)
     json_decref(t->attributes);
     json_decref(t->uf_known);
     free(t->redeem_field);
+    free(t->referrer_field);
+    free(t->offer_code_field);
     free(t->webhook_url);
     free(t->app_token);
     free(t->member_id);

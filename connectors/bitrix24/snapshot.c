@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "b24.h"
+#include "loyd/referral.h"
 
 /* Currencies without minor units (ISO 4217 exponent 0) among those a portal may use. */
 static const char *const zero_decimals[] = {"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF",
@@ -158,6 +159,57 @@ static json_t *attribute(const json_t *v)
     return json_string(s);
 }
 
+/* A UF value as trimmed text (a string, or a number as its digits) into @p out; false: none. */
+static bool uf_text(const json_t *v, char *out, size_t n)
+{
+    if (json_is_array(v)) /* a multiple field: the first value */
+        v = json_array_get(v, 0);
+    if (json_is_integer(v) && json_integer_value(v) > 0) {
+        snprintf(out, n, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return true;
+    }
+    const char *s = json_string_value(v);
+    if (s == NULL)
+        return false;
+    while (*s == ' ')
+        s++;
+    size_t len = strlen(s);
+    while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\n' || s[len - 1] == '\r'))
+        len--;
+    if (len == 0 || len >= n)
+        return false;
+    memcpy(out, s, len);
+    out[len] = '\0';
+    return true;
+}
+
+json_t *b24_referred_by(const struct b24_tenant *t, const char *contact_id, const json_t *raw)
+{
+    char v[320], id[65];
+    if (t->referrer_field == NULL ||
+        !uf_text(json_object_get(raw, t->referrer_field), v, sizeof(v)))
+        return NULL;
+    switch (t->referrer_match) {
+    case B24_REF_PHONE:
+        return json_pack("{s:s}", "phone", v);
+    case B24_REF_EMAIL:
+        return json_pack("{s:s}", "email", v);
+    case B24_REF_CONTACT_ID:
+        /* A "CRM" type field bound to contacts holds "7"; bound to several kinds, "C_7". */
+        return json_pack("{s:s}", "contact_id", strncmp(v, "C_", 2) == 0 ? v + 2 : v);
+    case B24_REF_CODE:
+        if (loyd_referral_code_parse(v, id))
+            return json_pack("{s:s}", "contact_id", id);
+        /* A code is no personal data: the manager can look for the typo. */
+        t->host->log(t->hctx, LOYD_LOG_WARN,
+                     "contact %s: %s holds '%.40s', which is not a loyd referral code "
+                     "(R<id>-<letter>; a typo?)",
+                     contact_id, t->referrer_field, v);
+        return NULL;
+    }
+    return NULL;
+}
+
 json_t *b24_snapshot_contact(const struct b24_tenant *t, const json_t *raw)
 {
     char idb[32];
@@ -192,6 +244,9 @@ json_t *b24_snapshot_contact(const struct b24_tenant *t, const json_t *raw)
     {
         if (strncmp(k, "UF_CRM_LOYD_", 12) != 0 || json_is_null(v))
             continue;
+        /* Typed by a manager, not written by loyd: it is referred_by below. */
+        if (t->referrer_field != NULL && strcmp(k, t->referrer_field) == 0)
+            continue;
         char lower[96];
         size_t n = 0;
         for (const char *p = k + 12; *p && n + 1 < sizeof(lower); p++)
@@ -212,6 +267,9 @@ json_t *b24_snapshot_contact(const struct b24_tenant *t, const json_t *raw)
             json_object_set_new(attrs, k, attribute(raw_v));
     }
     json_object_set_new(s, "attributes", attrs);
+    json_t *rb = b24_referred_by(t, id, raw);
+    if (rb != NULL)
+        json_object_set_new(s, "referred_by", rb);
     return s;
 }
 
@@ -247,6 +305,10 @@ json_t *b24_snapshot_deal(const struct b24_tenant *t, const json_t *raw, const c
         if (json_is_number(rv) || (json_is_string(rv) && json_string_value(rv)[0] != '\0'))
             json_object_set(s, "redeem_points", (json_t *)rv);
     }
+    char code[80];
+    if (t->offer_code_field != NULL &&
+        uf_text(json_object_get(raw, t->offer_code_field), code, sizeof(code)))
+        json_object_set_new(s, "offer_code", json_string(code));
     set_modified(s, raw);
     return s;
 }

@@ -2,7 +2,8 @@
 /*
  * write: loyd's changes onto the portal.  contact.fields -> crm.contact.update of loyd's own
  * UF_CRM_LOYD_* fields; note -> crm.timeline.comment.add; task -> crm.activity.todo.add;
- * deal.mark -> crm.deal.update of UF_CRM_LOYD_AWARDED.  All commands of one write share batch
+ * deal.mark -> crm.deal.update of UF_CRM_LOYD_AWARDED (the points the deal earned) and
+ * UF_CRM_LOYD_REDEEMED (the points it was paid with).  All commands of one write share batch
  * calls (rest.c).
  *
  * Fields are provisioned once per tenant and idempotently: crm.contact.userfield.list (and
@@ -19,7 +20,10 @@
 #include <string.h>
 
 #include "b24.h"
+#include "loyd/referral.h"
 #include "rest.h"
+
+#define REFERRAL_CODE "UF_CRM_LOYD_REFERRAL_CODE"
 
 struct wjob {
     struct wjob *next;
@@ -216,6 +220,11 @@ static void job_run(struct wjob *j)
                 uf_name(k, name);
                 json_object_set(f, name, v);
             }
+            /* The code the customer hands on (it never changes: written with the fields). */
+            char code[LOYD_REFERRAL_CODE_MAX];
+            if (t->referrer_match == B24_REF_CODE &&
+                loyd_referral_code(json_string_value(json_object_get(item, "contact_id")), code))
+                json_object_set_new(f, REFERRAL_CODE, json_string(code));
             json_t *p = json_pack("{s:O, s:o}", "id", json_object_get(item, "contact_id"),
                                   "fields", f);
             b24_rest_call(t->rest, "crm.contact.update", p, true, on_updated, w);
@@ -224,6 +233,9 @@ static void job_run(struct wjob *j)
             json_t *p = json_pack("{s:O, s:{s:O}}", "id", json_object_get(item, "deal_id"),
                                   "fields", "UF_CRM_LOYD_AWARDED",
                                   json_object_get(item, "awarded"));
+            if (json_object_get(item, "redeemed") != NULL)
+                json_object_set(json_object_get(p, "fields"), "UF_CRM_LOYD_REDEEMED",
+                                json_object_get(item, "redeemed"));
             b24_rest_call(t->rest, "crm.deal.update", p, true, on_updated, w);
             json_decref(p);
         } else if (op != NULL && (strcmp(op, "note") == 0 || strcmp(op, "task") == 0) &&
@@ -297,6 +309,7 @@ static json_t *uf_spec(const char *name, const char *type, const struct uf_label
 #define BALANCE "UF_CRM_LOYD_BALANCE"
 #define TIER "UF_CRM_LOYD_TIER"
 #define AWARDED "UF_CRM_LOYD_AWARDED"
+#define REDEEMED "UF_CRM_LOYD_REDEEMED"
 
 /* The UF names a job writes that the portal may not have yet, each with its userfield.add. */
 static void needed(struct b24_tenant *t, const json_t *items, json_t *contact, json_t *deal)
@@ -312,6 +325,22 @@ static void needed(struct b24_tenant *t, const json_t *items, json_t *contact, j
     json_object_set_new(contact, TIER, uf_spec(TIER, "string", &l));
     l = (struct uf_label){"Loyalty: points for this deal", "Лояльность: баллы за сделку"};
     json_object_set_new(deal, AWARDED, uf_spec(AWARDED, "double", &l));
+    l = (struct uf_label){"Loyalty: points paid with", "Лояльность: оплачено баллами"};
+    json_object_set_new(deal, REDEEMED, uf_spec(REDEEMED, "double", &l));
+    /* The fields a manager types into, when the tenant uses loyd's own (the defaults). */
+    if (t->referrer_field != NULL && strncmp(t->referrer_field, "UF_CRM_LOYD_", 12) == 0) {
+        l = (struct uf_label){"Loyalty: referred by", "Лояльность: кто пригласил"};
+        json_object_set_new(contact, t->referrer_field, uf_spec(t->referrer_field, "string", &l));
+    }
+    if (t->referrer_match == B24_REF_CODE) {
+        l = (struct uf_label){"Loyalty: referral code", "Лояльность: код приглашения"};
+        json_object_set_new(contact, REFERRAL_CODE, uf_spec(REFERRAL_CODE, "string", &l));
+    }
+    if (t->offer_code_field != NULL && strncmp(t->offer_code_field, "UF_CRM_LOYD_", 12) == 0) {
+        l = (struct uf_label){"Loyalty: offer code used", "Лояльность: использованный код"};
+        json_object_set_new(deal, t->offer_code_field,
+                            uf_spec(t->offer_code_field, "string", &l));
+    }
     json_array_foreach(items, i, item)
     {
         const char *k;
@@ -518,4 +547,85 @@ static void provision(struct b24_tenant *t)
     b24_rest_call(t->rest, "crm.deal.userfield.list", NULL, true, on_deal_ufs, pv);
     if (--pv->pending == 0)
         prov_finish(pv);
+}
+
+/* ---- the redeem field ------------------------------------------------------------------- */
+
+/*
+ * crm.redeem_field names a deal field a manager types the points to pay with into.  A name the
+ * portal does not have is read as "nothing to redeem" on every deal, silently: so it is checked
+ * once per start, and a missing one said once, with the name.
+ */
+static void on_redeem_added(void *arg, int err, const json_t *result, const json_t *error)
+{
+    struct b24_tenant *t = arg;
+    const char *desc = json_string_value(json_object_get(error, "error_description"));
+    (void)result;
+    if (err == -ECANCELED)
+        return;
+    if (err == 0 || (err == LOYD_ECRM && desc != NULL && strstr(desc, "already exists") != NULL)) {
+        char key[80];
+        snprintf(key, sizeof(key), "deal:%s", t->redeem_field);
+        json_object_set_new(t->uf_known, key, json_true());
+        t->host->log(t->hctx, LOYD_LOG_NOTICE,
+                     "crm.redeem_field: created the deal field %s (\"Loyalty: pay with points\"): "
+                     "the points a manager types there are redeemed when the deal is won",
+                     t->redeem_field);
+        return;
+    }
+    t->host->log(t->hctx, LOYD_LOG_WARN,
+                 "crm.redeem_field: cannot create the deal field %s (%s%s%s): redemptions on "
+                 "deals are not read until it exists",
+                 t->redeem_field, loyd_strerror(err), desc != NULL ? ": " : "",
+                 desc != NULL ? desc : "");
+}
+
+static void on_redeem_listed(void *arg, int err, const json_t *result, const json_t *error)
+{
+    struct b24_tenant *t = arg;
+    const json_t *x;
+    size_t i;
+    (void)error;
+
+    if (err == -ECANCELED)
+        return;
+    if (err != 0) {
+        t->host->log(t->hctx, LOYD_LOG_WARN,
+                     "crm.redeem_field: cannot check that the portal has the deal field %s "
+                     "(crm.deal.userfield.list: %s)",
+                     t->redeem_field, loyd_strerror(err));
+        return;
+    }
+    json_array_foreach(result, i, x)
+    {
+        const char *name = json_string_value(json_object_get(x, "FIELD_NAME"));
+        if (name != NULL && strcmp(name, t->redeem_field) == 0) {
+            char key[80];
+            snprintf(key, sizeof(key), "deal:%s", name);
+            json_object_set_new(t->uf_known, key, json_true());
+            return;
+        }
+    }
+    if (strncmp(t->redeem_field, "UF_CRM_LOYD_", 12) == 0) {
+        struct uf_label l = {"Loyalty: pay with points", "Лояльность: оплатить баллами"};
+        json_t *p = json_pack("{s:o}", "fields", uf_spec(t->redeem_field, "double", &l));
+        b24_rest_call(t->rest, "crm.deal.userfield.add", p, false, on_redeem_added, t);
+        json_decref(p);
+        return;
+    }
+    t->host->log(t->hctx, LOYD_LOG_WARN,
+                 "crm.redeem_field: the portal has no deal field %s, so no deal is paid with "
+                 "points: create it (CRM settings > custom fields > deals, type Number, code %s), "
+                 "set crm.redeem_field to the code of an existing deal field, or to "
+                 "UF_CRM_LOYD_PAY_WITH_POINTS for loyd to create its own",
+                 t->redeem_field,
+                 strncmp(t->redeem_field, "UF_CRM_", 7) == 0 ? t->redeem_field + 7
+                                                             : t->redeem_field);
+}
+
+void b24_redeem_field_check(struct b24_tenant *t)
+{
+    if (t->rest == NULL || t->redeem_field == NULL)
+        return;
+    b24_rest_call(t->rest, "crm.deal.userfield.list", NULL, true, on_redeem_listed, t);
 }

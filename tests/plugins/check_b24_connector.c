@@ -596,8 +596,9 @@ START_TEST(test_write_ops_and_provision_once)
     ck_assert_int_ge(json_integer_value(json_object_get(json_object_get(st, "counters"),
                                                         "updates")), 4);
     json_decref(st);
-    ck_assert_int_eq(emu_calls("crm.contact.userfield.add"), 2);
-    ck_assert_int_eq(emu_calls("crm.deal.userfield.add"), 1);
+    /* balance, tier and "referred by"; "points for this deal", "redeemed", "offer code used" */
+    ck_assert_int_eq(emu_calls("crm.contact.userfield.add"), 3);
+    ck_assert_int_eq(emu_calls("crm.deal.userfield.add"), 3);
     long long lists = emu_calls("crm.contact.userfield.list");
 
     /* the enrich echo shows loyd's fields */
@@ -617,14 +618,14 @@ START_TEST(test_write_ops_and_provision_once)
     ck_assert_int_eq(write1(CONTACT_FIELDS(1, 1300)), 0);
     ck_assert_int_eq(write1("{\"op\":\"deal.mark\",\"uid\":\"m2\",\"deal_id\":\"1\",\"awarded\":1}"),
                      0);
-    ck_assert_int_eq(emu_calls("crm.contact.userfield.add"), 2);
-    ck_assert_int_eq(emu_calls("crm.deal.userfield.add"), 1);
+    ck_assert_int_eq(emu_calls("crm.contact.userfield.add"), 3);
+    ck_assert_int_eq(emu_calls("crm.deal.userfield.add"), 3);
     ck_assert_int_eq(emu_calls("crm.contact.userfield.list"), lists);
     /* a new set_field name is provisioned on first use */
     ck_assert_int_eq(write1("{\"op\":\"contact.fields\",\"uid\":\"x\",\"contact_id\":\"1\","
                             "\"fields\":{\"vip\":\"yes\"}}"),
                      0);
-    ck_assert_int_eq(emu_calls("crm.contact.userfield.add"), 3);
+    ck_assert_int_eq(emu_calls("crm.contact.userfield.add"), 4);
     /* deleted contact: dead, not retried */
     json_decref(crm("crm.contact.delete", "{\"id\":1}"));
     ck_assert_int_eq(write1(CONTACT_FIELDS(1, 5)), LOYD_ECRM);

@@ -196,6 +196,102 @@ START_TEST(test_bad_snapshots)
 }
 END_TEST
 
+/* Derives like step() and hands back the offer use (new, or NULL) instead of the event. */
+static json_t *step_offer(json_t **state, const char *snap_text, const char **type)
+{
+    json_t *snap = json_loads(snap_text, 0, NULL);
+    struct loyd_buf err = {0};
+    struct loyd_derived d;
+    static char t[32];
+    ck_assert_ptr_nonnull(snap);
+    ck_assert_int_eq(loyd_derive(snap, *state, NULL, 1000, false, &d, &err), 0);
+    json_decref(*state);
+    *state = json_incref(d.state);
+    snprintf(t, sizeof(t), "%s", d.event != NULL ? etype(d.event) : "");
+    *type = t;
+    json_t *use = json_incref(d.offer_use);
+    loyd_derived_free(&d);
+    json_decref(snap);
+    loyd_buf_free(&err);
+    return use;
+}
+
+#define DEAL_CODE(won, code)                                                                   \
+    "{\"kind\":\"deal\",\"id\":\"760\",\"won\":" won                                              \
+    ",\"amount\":50000,\"currency\":\"RUB\",\"contact_id\":\"43\"" code "}"
+
+START_TEST(test_offer_code_on_won_deal)
+{
+    json_t *st = NULL, *use;
+    const char *type;
+
+    /* A code on an open deal is nothing yet; winning it uses the code, once. */
+    use = step_offer(&st, DEAL_CODE("false", ",\"offer_code\":\"NEXT-9\""), &type);
+    ck_assert_ptr_null(use);
+    use = step_offer(&st, DEAL_CODE("true", ",\"offer_code\":\"NEXT-9\""), &type);
+    ck_assert_str_eq(type, "deal.won");
+    ck_assert_ptr_nonnull(use);
+    ck_assert_str_eq(json_string_value(json_object_get(use, "code")), "NEXT-9");
+    json_t *deal = json_object_get(use, "deal");
+    ck_assert_str_eq(json_string_value(json_object_get(deal, "id")), "760");
+    ck_assert_str_eq(json_string_value(json_object_get(deal, "contact_id")), "43");
+    ck_assert_int_eq(json_integer_value(json_object_get(deal, "amount")), 50000);
+    json_decref(use);
+    use = step_offer(&st, DEAL_CODE("true", ",\"offer_code\":\"NEXT-9\""), &type);
+    ck_assert_ptr_null(use); /* seen again: no second use */
+    ck_assert_str_eq(type, "");
+    /* A code typed after the deal was won (or corrected) is used then. */
+    use = step_offer(&st, DEAL_CODE("true", ",\"offer_code\":\"NEXT-10\""), &type);
+    ck_assert_ptr_nonnull(use);
+    ck_assert_str_eq(json_string_value(json_object_get(use, "code")), "NEXT-10");
+    json_decref(use);
+    /* No code, or a reopened deal: nothing. */
+    use = step_offer(&st, DEAL_CODE("false", ",\"offer_code\":\"NEXT-10\""), &type);
+    ck_assert_ptr_null(use);
+    ck_assert_str_eq(type, "deal.reopened");
+    json_decref(st);
+    st = NULL;
+    use = step_offer(&st, DEAL_CODE("true", ""), &type);
+    ck_assert_ptr_null(use);
+    json_decref(st);
+}
+END_TEST
+
+START_TEST(test_referred_by_changes_contact)
+{
+    json_t *st = NULL, *ev;
+    ev = step(&st, "{\"kind\":\"contact\",\"id\":\"43\",\"name\":\"Anna\"}", NULL, false, NULL);
+    ck_assert_str_eq(etype(ev), "contact.created");
+    json_decref(ev);
+    /* The manager fills "referred by": the rules hear of it with the contact. */
+    ev = step(&st, "{\"kind\":\"contact\",\"id\":\"43\",\"name\":\"Anna\","
+                   "\"referred_by\":{\"phone\":\"8 916 123-45-67\"}}",
+              NULL, false, NULL);
+    ck_assert_ptr_nonnull(ev);
+    ck_assert_str_eq(etype(ev), "contact.updated");
+    ck_assert_str_eq(json_string_value(json_object_get(
+                         json_object_get(json_object_get(ev, "contact"), "referred_by"), "phone")),
+                     "8 916 123-45-67");
+    json_decref(ev);
+    /* ... and it is carried into the deal's events, where a first purchase needs it. */
+    ev = step(&st, "{\"kind\":\"contact\",\"id\":\"43\",\"name\":\"Anna\","
+                   "\"referred_by\":{\"phone\":\"8 916 123-45-67\"}}",
+              NULL, false, NULL);
+    ck_assert_ptr_null(ev);
+    json_t *dst = NULL;
+    ev = step(&dst, DEAL_CODE("true", ""),
+              "{\"kind\":\"contact\",\"id\":\"43\",\"referred_by\":{\"contact_id\":\"7\"}}", false,
+              NULL);
+    ck_assert_str_eq(json_string_value(json_object_get(
+                         json_object_get(json_object_get(ev, "contact"), "referred_by"),
+                         "contact_id")),
+                     "7");
+    json_decref(ev);
+    json_decref(dst);
+    json_decref(st);
+}
+END_TEST
+
 Suite *derive_suite(void)
 {
     Suite *s = suite_create("derive");
@@ -205,6 +301,8 @@ Suite *derive_suite(void)
     tcase_add_test(tc, test_contact_echo_and_updates);
     tcase_add_test(tc, test_initial_sync_learns);
     tcase_add_test(tc, test_bad_snapshots);
+    tcase_add_test(tc, test_offer_code_on_won_deal);
+    tcase_add_test(tc, test_referred_by_changes_contact);
     suite_add_tcase(s, tc);
     return s;
 }

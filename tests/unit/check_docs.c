@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "config.h"
 #include "plugin_loader.h"
@@ -149,11 +150,58 @@ START_TEST(test_tenant_examples_work_as_copied)
 }
 END_TEST
 
+/* Runs `$LOYD_BIN VERB --help`; @return its exit status, -1 when it could not run. */
+static int help_exit(const char *verb)
+{
+    char cmd[1200];
+    const char *bin = getenv("LOYD_BIN");
+    if (bin == NULL)
+        return -1;
+    snprintf(cmd, sizeof(cmd), "'%s' %s --help >/dev/null 2>&1", bin, verb);
+    int st = system(cmd);
+    return st == -1 || !WIFEXITED(st) ? -1 : WEXITSTATUS(st);
+}
+
+/*
+ * Every `loyd VERB` the guides name is a verb of this loyd, and explains itself: `--help`
+ * exits 0.  (The docs once promised verbs that did not exist.)
+ */
+START_TEST(test_named_verbs_exist)
+{
+    static const char *const docs[] = {"README.md",        "docs/RULES.md",  "docs/CONFIG.md",
+                                       "docs/ARCHITECTURE.md", "docs/STORE.md",
+                                       "connectors/bitrix24/README.md"};
+    ck_assert_msg(getenv("LOYD_BIN") != NULL, "LOYD_BIN is not set (run through make check)");
+    json_t *seen = json_object();
+    for (size_t d = 0; d < sizeof(docs) / sizeof(docs[0]); d++) {
+        char *doc = slurp(docs[d]);
+        for (const char *p = doc; (p = strstr(p, "`loyd ")) != NULL; p++) {
+            char verb[32];
+            size_t n = strspn(p + 6, "abcdefghijklmnopqrstuvwxyz");
+            if (n == 0 || n >= sizeof(verb))
+                continue;
+            memcpy(verb, p + 6, n);
+            verb[n] = '\0';
+            if (json_object_get(seen, verb) != NULL)
+                continue;
+            json_object_set_new(seen, verb, json_true());
+            int code = strcmp(verb, "version") == 0 ? 0 : help_exit(verb);
+            ck_assert_msg(code == 0, "%s:%d: names `loyd %s`, but `loyd %s --help` exits %d",
+                          docs[d], line_at(doc, p), verb, verb, code);
+        }
+        free(doc);
+    }
+    ck_assert_int_ge(json_object_size(seen), 6);
+    json_decref(seen);
+}
+END_TEST
+
 Suite *docs_suite(void)
 {
     Suite *s = suite_create("docs");
     TCase *tc = tcase_create("examples");
     tcase_add_test(tc, test_tenant_examples_work_as_copied);
+    tcase_add_test(tc, test_named_verbs_exist);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -9,7 +9,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
+#include "contact_match.h"
 #include "engine.h"
+#include "loyd/referral.h"
 #include "store.h"
 #include "util.h"
 
@@ -437,6 +441,264 @@ START_TEST(test_bad_input)
 }
 END_TEST
 
+/* The stamp card through the store: counters live in the member row, the mapped one reaches
+ * the CRM write-back, a refund undoes what its deal counted. */
+static int64_t profile_counter(const char *name)
+{
+    json_t *m = NULL;
+    ck_assert_int_eq(loyd_store_member_get(st, "cafe", "43", &m), 0);
+    int64_t v = json_integer_value(
+        json_object_get(json_object_get(json_object_get(m, "profile"), "counters"), name));
+    json_decref(m);
+    return v;
+}
+
+START_TEST(test_stamp_card_counters)
+{
+    struct loyd_engine *e = engine("cafe", "tests/data/packs/stamps");
+    char ev[512];
+    for (int i = 1; i <= 12; i++) {
+        snprintf(ev, sizeof(ev),
+                 "{\"type\":\"deal.won\",\"key\":\"deal:%d:won\",\"at\":%lld,"
+                 "\"deal\":{\"id\":\"%d\",\"amount\":30000,\"contact_id\":\"43\"}}",
+                 i, (long long)(T0 + 3 * 86400000LL + i), i); /* 2026-03-04, a Wednesday */
+        ck_assert_int_eq(process(e, ev), 0);
+    }
+    /* The 10th filled the card: 2 stamps on the new one, no points anywhere. */
+    ck_assert_int_eq(profile_counter("stamps"), 2);
+    ck_assert_int_eq(profile_counter("weekend_visits"), 0);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM ledger"), 0);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM outbox WHERE json_extract(payload, '$.op') = "
+                             "'contact.fields' AND json_extract(payload, '$.fields.stamps') = 9"),
+                     1);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM outbox WHERE json_extract(payload, '$.op') = "
+                             "'offer' AND json_extract(payload, '$.code') = 'COFFEE-10'"),
+                     1);
+    /* A Sunday purchase: the weekend counter stays in loyd, nothing of it reaches the CRM. */
+    ck_assert_int_eq(process(e, "{\"type\":\"deal.won\",\"key\":\"deal:13:won\","
+                                "\"at\":1772971200000,\"deal\":{\"id\":\"13\",\"amount\":"
+                                "30000,\"contact_id\":\"43\"}}"),
+                     0);
+    ck_assert_int_eq(profile_counter("weekend_visits"), 1);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM outbox WHERE json_extract(payload, "
+                             "'$.fields.weekend_visits') IS NOT NULL"),
+                     0);
+    /* Refunding the deal that filled the card: its 9 stamps come back, on top of the 3 since. */
+    ck_assert_int_eq(process(e, "{\"type\":\"deal.reopened\",\"key\":\"deal:10:reopened\","
+                                "\"at\":1773000000000,\"reason\":\"lost\",\"deal\":{\"id\":"
+                                "\"10\",\"contact_id\":\"43\"}}"),
+                     0);
+    ck_assert_int_eq(profile_counter("stamps"), 12);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM outbox WHERE json_extract(payload, "
+                             "'$.fields.stamps') = 12"),
+                     1);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM dead_letters"), 0);
+    loyd_engine_destroy(e);
+}
+END_TEST
+
+#define CREATED_BY(id, referrer)                                                                   \
+    "{\"type\":\"contact.created\",\"key\":\"contact:" id ":created\",\"at\":1772366400000,"       \
+    "\"contact\":{\"id\":\"" id "\",\"referrer\":\"" referrer "\"}}"
+
+START_TEST(test_referral_reversed_on_both_cards)
+{
+    struct loyd_engine *e = engine("acme", "rules/retail");
+    ck_assert_int_eq(process(e, CREATED("7")), 0);
+    /* The worker resolved the friend's "referred by" field to member 7 (contact_match.h). */
+    ck_assert_int_eq(process(e, CREATED_BY("43", "7")), 0);
+    ck_assert_int_eq(process(e, WON("10", "100000", "0")), 0);
+    ck_assert_int_eq(balance("acme", "43"), 500 + 3000 + 300);
+    ck_assert_int_eq(balance("acme", "7"), 500 + 500);
+    /* The first purchase is lost: its cashback and the referral bonus go, on both cards. */
+    ck_assert_int_eq(process(e, "{\"type\":\"deal.reopened\",\"key\":\"deal:10:reopened\","
+                                "\"at\":1772366600000,\"reason\":\"lost\","
+                                "\"deal\":{\"id\":\"10\",\"contact_id\":\"43\"}}"),
+                     0);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM dead_letters"), 0);
+    ck_assert_int_eq(balance("acme", "43"), 500);
+    ck_assert_int_eq(balance("acme", "7"), 500);
+    ck_assert_int_eq(raw_int("SELECT SUM(points) FROM ledger WHERE ref = 'referral:10'"), 0);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM ledger WHERE member_id = '7' AND "
+                             "kind = 'reverse' AND event_key = 'deal:10:reopened'"),
+                     1);
+    /* The referrer's card is refreshed by the reversal's event. */
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM outbox WHERE event_key = 'deal:10:reopened' "
+                             "AND member_id = '7' AND payload LIKE '%member.refresh%'"),
+                     1);
+    /* A referrer never moves: the profile keeps the first one. */
+    json_t *m = NULL;
+    ck_assert_int_eq(loyd_store_member_get(st, "acme", "43", &m), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(m, "profile"), "referrer")),
+                     "7");
+    json_decref(m);
+    loyd_engine_destroy(e);
+}
+END_TEST
+
+/* The offer a member holds with @p code, from the stored profile (new), or NULL. */
+static json_t *stored_offer(const char *member, const char *code)
+{
+    json_t *m = NULL, *o, *found = NULL;
+    size_t i;
+    ck_assert_int_eq(loyd_store_member_get(st, "acme", member, &m), 0);
+    json_array_foreach(json_object_get(json_object_get(m, "profile"), "offers"), i, o)
+        if (strcmp(json_string_value(json_object_get(o, "code")), code) == 0)
+            found = json_incref(o);
+    json_decref(m);
+    return found;
+}
+
+#define REDEEMED(code, deal)                                                                       \
+    "{\"type\":\"offer.redeemed\",\"key\":\"offer:43:" code ":redeemed\",\"at\":1772366700000,"    \
+    "\"offer\":{\"code\":\"" code "\"},\"deal\":{\"id\":\"" deal "\",\"contact_id\":\"43\"}}"
+
+START_TEST(test_offer_tied_to_its_deal)
+{
+    char *pd = loyd_xasprintf("%s/offers", dir), *rd = loyd_xasprintf("%s/offers/rules", dir);
+    ck_assert_int_eq(mkdir(pd, 0700), 0);
+    ck_assert_int_eq(mkdir(rd, 0700), 0);
+    char *f = loyd_xasprintf("%s/pack.conf", pd);
+    FILE *fp = fopen(f, "w");
+    fputs("return { name = \"offers\", version = \"1.0.0\", settings = {} }\n", fp);
+    fclose(fp);
+    free(f);
+    f = loyd_xasprintf("%s/10_offers.lua", rd);
+    fp = fopen(f, "w");
+    fputs("return {\n"
+          "  ['deal.won'] = function(ev) return { offer{ code = 'NEXT-' .. ev.deal.id,\n"
+          "    discount_pct = 10, valid_days = 30, ref = ev.deal.id } } end,\n"
+          "  ['deal.reopened'] = function(ev) return { reverse{ ref = ev.deal.id } } end,\n"
+          "  ['offer.redeemed'] = function(ev, member)\n"
+          "    return { note{ text = 'used ' .. ev.offer.code .. ' on deal ' .. ev.deal.id ..\n"
+          "      ', ' .. #member.offers .. ' open' } } end,\n"
+          "}\n",
+          fp);
+    fclose(fp);
+    free(f);
+    struct loyd_buf err = {0};
+    struct loyd_engine *e = NULL;
+    ck_assert_msg(loyd_engine_create("acme", pd, NULL, NULL, 0, NULL, &e, &err) == 0, "%s",
+                  err.data);
+    loyd_buf_free(&err);
+    ck_assert_int_eq(process(e, WON("10", "100000", "0")), 0);
+    ck_assert_int_eq(process(e, WON("11", "100000", "0")), 0);
+    json_t *o = stored_offer("43", "NEXT-10");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "status")), "open");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "ref")), "10");
+    json_decref(o);
+    /* Deal 10 reversed: its offer is withdrawn (with a note), the other one stays. */
+    ck_assert_int_eq(process(e, "{\"type\":\"deal.reopened\",\"key\":\"deal:10:reopened\","
+                                "\"at\":1772366600000,\"deal\":{\"id\":\"10\","
+                                "\"contact_id\":\"43\"}}"),
+                     0);
+    o = stored_offer("43", "NEXT-10");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "status")), "revoked");
+    json_decref(o);
+    o = stored_offer("43", "NEXT-11");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "status")), "open");
+    json_decref(o);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM outbox WHERE event_key = 'deal:10:reopened' "
+                             "AND payload LIKE '%NEXT-10 is withdrawn%'"),
+                     1);
+    /* The code of deal 11 is used: the pack hears it, the offer is used, once. */
+    ck_assert_int_eq(process(e, REDEEMED("NEXT-11", "12")), 0);
+    ck_assert_int_eq(raw_int("SELECT COUNT(*) FROM outbox WHERE payload LIKE "
+                             "'%used NEXT-11 on deal 12, 1 open%'"),
+                     1);
+    o = stored_offer("43", "NEXT-11");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "status")), "used");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "deal_id")), "12");
+    json_decref(o);
+    ck_assert_int_eq(process(e, REDEEMED("NEXT-11", "12")), LOYD_EDUP);
+    loyd_engine_destroy(e);
+    free(pd);
+    free(rd);
+}
+END_TEST
+
+static void kv_put(const char *key, const char *value)
+{
+    struct res r = {0};
+    ck_assert_int_eq(loyd_store_kv_put(st, "acme", key, value, on_done, &r), 0);
+    wait_for(&r.done, 1);
+    ck_assert_int_eq(r.err, 0);
+}
+
+/* Resolves @p rb_text for contact 43: the member id (new) or NULL, *why the reason. */
+static char *resolve(const char *rb_text, struct loyd_buf *why)
+{
+    json_t *rb = json_loads(rb_text, 0, NULL);
+    char *m = NULL;
+    loyd_buf_free(why);
+    int rc = loyd_referrer_resolve(st, "acme", "43", rb, &m, why);
+    json_decref(rb);
+    ck_assert(rc == 0 || rc == -ENOENT || rc == -EINVAL);
+    ck_assert((rc == 0) == (m != NULL));
+    return m;
+}
+
+START_TEST(test_referrer_resolution)
+{
+    struct loyd_buf why = {0};
+    char *m;
+    kv_put("crm:contact:7", "{\"name\":\"Olga\",\"phone\":\"+7 916 123-45-67\","
+                            "\"email\":\"Olga@Example.com\"}");
+    kv_put("crm:contact:43", "{\"name\":\"Anna\",\"phone\":\"8 (916) 555-00-00\"}");
+    kv_put("crm:contact:9", "{\"deleted\":true}");
+    /* A phone in another format, an email in another case: the same contact. */
+    ck_assert_str_eq((m = resolve("{\"phone\":\"8 916 1234567\"}", &why)), "7");
+    free(m);
+    ck_assert_str_eq((m = resolve("{\"email\":\" olga@example.COM \"}", &why)), "7");
+    free(m);
+    ck_assert_str_eq((m = resolve("{\"contact_id\":\"7\"}", &why)), "7");
+    free(m);
+    /* Nobody refers themselves; a deleted or unknown contact refers nobody. */
+    ck_assert_ptr_null(resolve("{\"phone\":\"+7 916 555 00 00\"}", &why));
+    ck_assert_ptr_null(resolve("{\"contact_id\":\"43\"}", &why));
+    ck_assert_ptr_null(resolve("{\"contact_id\":\"9\"}", &why));
+    ck_assert_ptr_null(resolve("{\"contact_id\":\"1234\"}", &why));
+    ck_assert_ptr_nonnull(strstr(why.data, "1234"));
+    /* The reason never repeats a phone or an email (personal data). */
+    ck_assert_ptr_null(resolve("{\"phone\":\"+7 999 000-11-22\"}", &why));
+    ck_assert_ptr_nonnull(strstr(why.data, "phone"));
+    ck_assert_ptr_null(strstr(why.data, "999"));
+    ck_assert_ptr_null(resolve("{\"email\":\"nobody@example.com\"}", &why));
+    ck_assert_ptr_null(strstr(why.data, "nobody"));
+    /* Two contacts with that phone: which one is not guessed. */
+    kv_put("crm:contact:8", "{\"phone\":\"79161234567\"}");
+    ck_assert_ptr_null(resolve("{\"phone\":\"+79161234567\"}", &why));
+    ck_assert_ptr_nonnull(strstr(why.data, "2 contacts"));
+    ck_assert_ptr_null(resolve("{\"code\":\"R7-X\"}", &why));
+    loyd_buf_free(&why);
+
+    /* The referral code names its member and catches a typo (loyd/referral.h). */
+    char code[LOYD_REFERRAL_CODE_MAX], id[65];
+    ck_assert(loyd_referral_code("4317", code));
+    ck_assert(loyd_referral_code_parse(code, id));
+    ck_assert_str_eq(id, "4317");
+    char typo[LOYD_REFERRAL_CODE_MAX];
+    for (size_t i = 1; i + 2 < strlen(code); i++) { /* every digit mistyped */
+        for (char d = '0'; d <= '9'; d++) {
+            if (d == code[i])
+                continue;
+            snprintf(typo, sizeof(typo), "%s", code);
+            typo[i] = d;
+            ck_assert_msg(!loyd_referral_code_parse(typo, id), "%s taken", typo);
+        }
+    }
+    snprintf(typo, sizeof(typo), "%s", code);
+    typo[1] = code[2], typo[2] = code[1]; /* "4317" -> "3417" */
+    ck_assert(!loyd_referral_code_parse(typo, id));
+    for (char *c = code; *c; c++)
+        *c = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
+    snprintf(typo, sizeof(typo), "  %s ", code);
+    ck_assert(loyd_referral_code_parse(typo, id)); /* any case, spaces around */
+    ck_assert(!loyd_referral_code("", code));
+    ck_assert(!loyd_referral_code("7 8", code));
+}
+END_TEST
+
 Suite *engine_suite(void)
 {
     Suite *s = suite_create("engine");
@@ -444,6 +706,9 @@ Suite *engine_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_retail_flow);
+    tcase_add_test(tc, test_referral_reversed_on_both_cards);
+    tcase_add_test(tc, test_offer_tied_to_its_deal);
+    tcase_add_test(tc, test_referrer_resolution);
     tcase_add_test(tc, test_redeem_real_lot_id);
     tcase_add_test(tc, test_campaign_budget_across_events);
     tcase_add_test(tc, test_store_remaps_provisional);
@@ -451,6 +716,7 @@ Suite *engine_suite(void)
     tcase_add_test(tc, test_refund_after_redemption);
     tcase_add_test(tc, test_refused_event_dead_letter);
     tcase_add_test(tc, test_bad_input);
+    tcase_add_test(tc, test_stamp_card_counters);
     suite_add_tcase(s, tc);
     return s;
 }

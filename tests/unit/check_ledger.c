@@ -354,6 +354,62 @@ START_TEST(test_windows_and_campaigns)
 }
 END_TEST
 
+/* The windows a pack declares: dN as (now - N days, now], since:D from 00:00 of D (tenant tz). */
+START_TEST(test_declared_windows)
+{
+    struct loyd_buf err = {0};
+    struct loyd_window w;
+    int64_t amount, n, jan1;
+
+    /* 2026-01-01 00:00 at UTC+3 is 2025-12-31 21:00 UTC. */
+    ck_assert_int_eq(loyd_date_parse("2026-01-01", 180, &jan1), 0);
+    json_t *pur = json_pack(
+        "[{s:s,s:I,s:I},{s:s,s:I,s:I},{s:s,s:I,s:I},{s:s,s:I,s:I},"
+        "{s:s,s:I,s:I},{s:s,s:I,s:I}]",
+        "deal_id", "1", "amount", (json_int_t)100, "at", (json_int_t)(T0 - 10 * DAY), "deal_id",
+        "2", "amount", (json_int_t)200, "at",
+        (json_int_t)(T0 - 90 * DAY), /* exactly 90 days: outside d90 */
+        "deal_id", "3", "amount", (json_int_t)400, "at", (json_int_t)jan1, "deal_id", "4", "amount",
+        (json_int_t)800, "at", (json_int_t)(jan1 - 1), /* the last ms of 2025 in the tenant's tz */
+        "deal_id", "5", "amount", (json_int_t)1600, "at", (json_int_t)(T0 - 700 * DAY), "deal_id",
+        "6", "amount", (json_int_t)3200, "at", (json_int_t)(T0 + DAY)); /* the future */
+    ck_assert_int_eq(loyd_ledger_window_parse("d90", &w, &err), 0);
+    ck_assert_int_eq(w.days, 90);
+    ck_assert_int_eq(loyd_ledger_spend_window(pur, &w, T0, 180, &amount, &n, &err), 0);
+    /* 1, 3 and 4 (2026-01-01 and 2025-12-31 are 59 and 60 days before 2026-03-01). */
+    ck_assert_int_eq(amount, 100 + 400 + 800);
+    ck_assert_int_eq(n, 3);
+    ck_assert_int_eq(loyd_ledger_window_parse("d730", &w, &err), 0);
+    ck_assert_int_eq(loyd_ledger_spend_window(pur, &w, T0, 180, &amount, &n, &err), 0);
+    ck_assert_int_eq(amount, 100 + 200 + 400 + 800 + 1600);
+    ck_assert_int_eq(n, 5);
+    ck_assert_int_eq(loyd_ledger_window_parse("since:2026-01-01", &w, &err), 0);
+    ck_assert_str_eq(w.since, "2026-01-01");
+    ck_assert_int_eq(loyd_ledger_spend_window(pur, &w, T0, 180, &amount, &n, &err), 0);
+    ck_assert_int_eq(amount, 100 + 400); /* from the first ms of the year, tenant's calendar */
+    ck_assert_int_eq(n, 2);
+    /* At UTC, deal 3 (21:00 UTC on 31 December) is last year's. */
+    ck_assert_int_eq(loyd_ledger_spend_window(pur, &w, T0, 0, &amount, &n, &err), 0);
+    ck_assert_int_eq(amount, 100);
+    ck_assert_int_eq(n, 1);
+    json_decref(pur);
+
+    static const char *const bad[] = {
+        "d0", "d", "D90", "d90x", "d36501", "d09", "total", "since:2026-02-30", "since:", "m3"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        loyd_buf_reset(&err);
+        ck_assert_msg(loyd_ledger_window_parse(bad[i], &w, &err) == -EINVAL, "%s", bad[i]);
+        ck_assert_ptr_nonnull(strstr(err.data, bad[i]));
+    }
+    ck_assert_ptr_nonnull(strstr(err.data, "\"dN\" (the last N days"));
+    loyd_buf_reset(&err);
+    ck_assert_int_eq(loyd_ledger_window_parse("since:2026-02-30", &w, &err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.data, "'2026-02-30' is not a valid date"));
+    ck_assert_int_eq(loyd_ledger_window_parse("d36500", &w, &err), 0);
+    loyd_buf_free(&err);
+}
+END_TEST
+
 START_TEST(test_rows_validated)
 {
     struct loyd_ledger bad;
@@ -418,6 +474,7 @@ Suite *ledger_suite(void)
     tcase_add_test(tc, test_entry_check);
     tcase_add_test(tc, test_expire);
     tcase_add_test(tc, test_windows_and_campaigns);
+    tcase_add_test(tc, test_declared_windows);
     tcase_add_test(tc, test_rows_validated);
     tcase_add_test(tc, test_dates);
     suite_add_tcase(s, tc);

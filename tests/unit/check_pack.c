@@ -118,6 +118,40 @@ START_TEST(test_bad_conf_reports_everything)
 }
 END_TEST
 
+/* pack.conf windows and counters: a wrong name is refused with its file and line. */
+START_TEST(test_windows_and_counters_conf)
+{
+    struct loyd_buf err = {0};
+    ck_assert_ptr_null(load("tests/data/packs/badwindows", &err, LOYD_ECONFIG));
+    ck_assert_ptr_nonnull(strstr(err.data, "badwindows/pack.conf:4: window 'd9o' is not a window "
+                                           "name: \"dN\" (the last N days, 1..36500"));
+    ck_assert_ptr_nonnull(strstr(err.data, "badwindows/pack.conf:5: window 'since:2026-02-30': "
+                                           "'2026-02-30' is not a valid date"));
+    ck_assert_ptr_nonnull(strstr(err.data, "badwindows/pack.conf:7: counter 'stamps': unknown "
+                                           "field 'crn' (did you mean 'crm'?)"));
+    ck_assert_ptr_nonnull(strstr(err.data, "badwindows/pack.conf:8: counter 'visits': 'crm' must "
+                                           "be true or false"));
+    ck_assert_ptr_nonnull(strstr(err.data, "badwindows/pack.conf:9: counter 'bad-name': a counter "
+                                           "name is 1..64 letters, digits and _"));
+    loyd_buf_reset(&err);
+
+    struct loyd_pack *p = load("tests/data/packs/stamps", &err, 0);
+    ck_assert_str_eq(json_string_value(json_array_get(p->windows, 0)), "d90");
+    ck_assert_str_eq(json_string_value(json_array_get(p->windows, 1)), "since:2026-01-01");
+    ck_assert_uint_eq(json_array_size(p->windows), 2);
+    ck_assert(json_is_true(json_object_get(json_object_get(p->counters, "stamps"), "crm")));
+    ck_assert(
+        json_is_false(json_object_get(json_object_get(p->counters, "weekend_visits"), "crm")));
+    loyd_pack_destroy(p);
+    /* A pack that declares none: no declared counters (any name counts), no extra windows. */
+    p = load("rules/retail", &err, 0);
+    ck_assert_ptr_null(p->counters);
+    ck_assert_uint_eq(json_array_size(p->windows), 0);
+    loyd_pack_destroy(p);
+    loyd_buf_free(&err);
+}
+END_TEST
+
 START_TEST(test_extends_loop_and_missing)
 {
     struct loyd_buf err = {0};
@@ -177,6 +211,68 @@ START_TEST(test_suggest)
 }
 END_TEST
 
+/* The `campaigns` setting type: every bad entry named on its own line, and tenant overrides. */
+START_TEST(test_campaigns_type)
+{
+    struct loyd_buf err = {0};
+    ck_assert_ptr_null(load("tests/data/packs/badcampaigns", &err, LOYD_ECONFIG));
+    static const char *const want[] = {
+        "pack.conf:5: setting 'campaigns': default[2] (\"typo\"): unknown field 'multipler' (did "
+        "you mean 'multiplier'?)",
+        "pack.conf:5: setting 'campaigns': default[2] (\"typo\"): needs 'multiplier' (2 = double "
+        "points) or 'bonus_bp' (5000 = 50 % more)",
+        "pack.conf:6: setting 'campaigns': default[3] (\"baddate\"): 'to' \"2026-11-31\" is not a "
+        "valid date YYYY-MM-DD",
+        "pack.conf:7: setting 'campaigns': default[4] (\"backwards\"): 'from' 2026-12-01 is after "
+        "'to' 2026-11-30",
+        "pack.conf:8: setting 'campaigns': default[5] (\"days\"): 'weekdays' must be a list of ISO "
+        "weekdays, 1 (Monday) .. 7 (Sunday)",
+        "pack.conf:9: setting 'campaigns': default[6] (\"both\"): give 'multiplier' or 'bonus_bp', "
+        "not both",
+        "pack.conf:10: setting 'campaigns': default[7] (\"neither\"): needs 'multiplier'",
+        "pack.conf:11: setting 'campaigns': default[8] (\"nobudget\"): 'budget' must be a positive "
+        "whole number of ledger units (leave it out for no limit)",
+        "pack.conf:12: setting 'campaigns': default[9] (\"ok\"): a campaign named \"ok\" is "
+        "already "
+        "declared (entry 1)",
+        "pack.conf:3: setting 'campaigns': default[10]: needs a 'name'",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        ck_assert_msg(strstr(err.data, want[i]) != NULL, "no '%s' in:\n%s", want[i], err.data);
+    ck_assert_msg(strstr(err.data, "default[1] (\"ok\")") == NULL, "%s", err.data);
+    loyd_buf_reset(&err);
+
+    /* A tenant's list replaces the pack's and is checked the same way. */
+    struct loyd_pack *p = load("rules/retail", &err, 0);
+    ck_assert_str_eq(
+        json_string_value(json_object_get(json_object_get(p->schema, "campaigns"), "type")),
+        "campaigns");
+    json_t *eff = NULL;
+    json_t *ov = json_loads("{\"campaigns\": [{\"name\": \"bf\", \"from\": \"2026-11-20\","
+                            " \"bonus_bp\": 5000, \"budget\": 100, \"weekdays\": [6, 6]}]}",
+                            0, NULL);
+    ck_assert_int_eq(loyd_pack_settings(p, ov, "tenants/shop.conf", &eff, &err), LOYD_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(err.data, "tenants/shop.conf: setting 'campaigns'[1] (\"bf\"): "
+                                           "'weekdays' lists 6 twice"));
+    json_decref(ov);
+    loyd_buf_reset(&err);
+    ov = json_loads("{\"campaigns\": [{\"name\": \"bf\", \"weekdays\": [6, 7], \"multiplier\": "
+                    "2, \"budget\": 500000}], \"budgets\": {}}",
+                    0, NULL);
+    ck_assert_msg(loyd_pack_settings(p, ov, "tenants/shop.conf", &eff, &err) == 0, "%s", err.data);
+    ck_assert_int_eq(json_array_size(json_object_get(eff, "campaigns")), 1);
+    json_decref(ov);
+    json_decref(eff);
+    ov = json_loads("{\"campaigns\": {\"name\": \"bf\"}}", 0, NULL);
+    ck_assert_int_eq(loyd_pack_settings(p, ov, "tenants/shop.conf", &eff, &err), LOYD_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(err.data, "tenants/shop.conf: setting 'campaigns': expected a "
+                                           "list of campaigns"));
+    json_decref(ov);
+    loyd_pack_destroy(p);
+    loyd_buf_free(&err);
+}
+END_TEST
+
 Suite *pack_suite(void)
 {
     Suite *s = suite_create("pack");
@@ -187,8 +283,10 @@ Suite *pack_suite(void)
     tcase_add_test(tc, test_overrides_validated);
     tcase_add_test(tc, test_bad_conf_reports_everything);
     tcase_add_test(tc, test_extends_loop_and_missing);
+    tcase_add_test(tc, test_windows_and_counters_conf);
     tcase_add_test(tc, test_data_loader);
     tcase_add_test(tc, test_suggest);
+    tcase_add_test(tc, test_campaigns_type);
     suite_add_tcase(s, tc);
     return s;
 }

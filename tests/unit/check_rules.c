@@ -9,12 +9,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "campaign.h"
 #include "ledger.h"
 #include "rules.h"
 
 #define T0 (1772366400000LL) /* 2026-03-01 12:00 UTC */
 
 static char tmpdir[64];
+static const char *conf_text; /* pack.conf of the next make_pack; NULL: conf below */
 static struct loyd_pack *pack;
 static struct loyd_rules *rules;
 
@@ -46,7 +48,7 @@ static void make_pack(const char *rules_a, const char *rules_b)
     struct loyd_buf err = {0};
     strcpy(tmpdir, "/tmp/loyd-rules-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    write_file("pack.conf", conf);
+    write_file("pack.conf", conf_text != NULL ? conf_text : conf);
     write_file("rules/a.lua", rules_a);
     if (rules_b != NULL)
         write_file("rules/b.lua", rules_b);
@@ -63,6 +65,7 @@ static void teardown(void)
     loyd_pack_destroy(pack);
     rules = NULL;
     pack = NULL;
+    conf_text = NULL;
     if (tmpdir[0] != '\0') {
         char *cmd = loyd_xasprintf("rm -rf %s", tmpdir);
         ck_assert_int_eq(system(cmd), 0);
@@ -489,6 +492,473 @@ START_TEST(test_set_field_crm_false)
 }
 END_TEST
 
+/* A pack that declares counters (stamps on the card, seen only in loyd) and windows. */
+static const char *counter_conf =
+    "return { name = 't', version = '1',\n"
+    "  counters = { stamps = { crm = true }, seen = {} },\n"
+    "  windows = { 'd90', 'since:2026-01-01' },\n"
+    "  settings = { allow_negative_balance = { type = 'bool', default = false } } }\n";
+
+static const char *counter_rules =
+    "return { ['deal.won'] = function(ev, m) return {\n"
+    "  count{ name = 'stamps', ref = ev.deal.id },\n"
+    "  count{ name = 'stamps', by = 2, ref = ev.deal.id },\n"
+    "  count{ name = 'seen', ref = ev.deal.id },\n"
+    "  count{ name = 'seen', by = -5 },\n"
+    "  count{ name = 'stams' },\n"
+    "  count{ name = 'stamps', by = 1, reset = true },\n"
+    "  count{ name = 'stamps', by = 0 },\n"
+    "  award{ points = m.counters.stamps * 100 + m.counters.seen + 1, reason = 'view' },\n"
+    "} end,\n"
+    "  tick = function(ev, m) return { count{ name = 'stamps', reset = true, ref = 'card' } } "
+    "end,\n"
+    "  ['deal.reopened'] = function(ev) return { reverse{ ref = ev.deal.id } } end }\n";
+
+static json_t *eval_member(const char *event, json_t *member, int *rc)
+{
+    char *m = json_dumps(member, JSON_COMPACT);
+    json_t *res = eval_json(event, m, NULL, NULL, rc);
+    free(m);
+    return res;
+}
+
+static json_t *contact_fields(json_t *res)
+{
+    json_t *o = json_array_get(json_object_get(res, "outbox"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "op")), "contact.fields");
+    return json_object_get(o, "fields");
+}
+
+#define REOPENED(deal)                                                                             \
+    "{\"type\":\"deal.reopened\",\"key\":\"r\",\"at\":1772366500000,\"deal\":{\"id\":\"" deal      \
+    "\",\"contact_id\":\"43\"}}"
+
+/* count{}: increments, refusals, reset, what the view shows, the CRM mapping, reversal. */
+START_TEST(test_count_effect)
+{
+    conf_text = counter_conf;
+    make_pack(counter_rules, NULL);
+    int rc;
+    json_t *res = eval_json(WON, "{\"id\":\"43\",\"counters\":{\"stamps\":2}}", NULL, NULL, &rc);
+    ck_assert_int_eq(rc, 0);
+    json_t *acc = json_object_get(res, "accepted");
+    ck_assert_int_eq(json_array_size(acc), 4);
+    json_t *c1 = json_array_get(acc, 0), *c2 = json_array_get(acc, 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(c1, "from")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(c1, "value")), 3);
+    ck_assert_int_eq(json_integer_value(json_object_get(c2, "value")), 5);
+    ck_assert_str_eq(json_string_value(json_object_get(c2, "ref")), "7");
+    /* The view is before the event: 2 stamps, seen absent but declared, so 0. */
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(acc, 3), "points")), 201);
+    ck_assert_int_eq(json_array_size(json_object_get(res, "rejected")), 4);
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 0), "counter 'seen' is 1; by = -5 would take it "
+                                                    "below 0"));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 1), "count: 'stams' is not a counter pack.conf "
+                                                    "declares (did you mean 'stamps'?)"));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 2), "give either 'by' or 'reset = true'"));
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 3), "'by' must be a non-zero integer"));
+    json_t *upd = json_object_get(res, "member");
+    json_t *counters = json_object_get(upd, "counters");
+    ck_assert_int_eq(json_integer_value(json_object_get(counters, "stamps")), 5);
+    ck_assert_int_eq(json_integer_value(json_object_get(counters, "seen")), 1);
+    ck_assert_int_eq(json_array_size(json_object_get(upd, "counter_log")), 3);
+    /* stamps is mapped to the CRM (pack.conf crm = true), seen is not. */
+    json_t *fields = contact_fields(res);
+    ck_assert_int_eq(json_integer_value(json_object_get(fields, "stamps")), 5);
+    ck_assert_ptr_null(json_object_get(fields, "seen"));
+    ck_assert_ptr_null(json_object_get(upd, "attributes"));
+
+    /* The deal is reopened: every counter change under its ref is undone, nothing else. */
+    json_t *m = json_pack("{s:s, s:O, s:O}", "id", "43", "counters", counters, "counter_log",
+                          json_object_get(upd, "counter_log"));
+    json_decref(res);
+    res = eval_member(REOPENED("7"), m, &rc);
+    json_decref(m);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(json_array_size(json_object_get(res, "rejected")), 0);
+    json_t *rev = json_array_get(json_object_get(res, "accepted"), 0);
+    ck_assert_int_eq(
+        json_integer_value(json_object_get(json_object_get(rev, "counters"), "stamps")), 2);
+    upd = json_object_get(res, "member");
+    counters = json_object_get(upd, "counters");
+    ck_assert_int_eq(json_integer_value(json_object_get(counters, "stamps")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(counters, "seen")), 0);
+    ck_assert_int_eq(json_array_size(json_object_get(upd, "counter_log")), 0);
+    fields = contact_fields(res);
+    ck_assert_int_eq(json_integer_value(json_object_get(fields, "stamps")), 2);
+    ck_assert_ptr_null(json_object_get(fields, "seen"));
+    /* Once undone, the ref carries nothing any more. */
+    m = json_pack("{s:s, s:O, s:O}", "id", "43", "counters", counters, "counter_log",
+                  json_object_get(upd, "counter_log"));
+    json_decref(res);
+    res = eval_member(REOPENED("7"), m, &rc);
+    json_decref(m);
+    ck_assert_int_eq(json_array_size(json_object_get(res, "accepted")), 0);
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 0), "nothing carries ref '7'"));
+    json_decref(res);
+
+    /* A reset takes the card to 0 and remembers what it took: its reversal gives it back. */
+    res = eval_json("{\"type\":\"tick\",\"key\":\"t\",\"at\":1772366400000,"
+                    "\"member_id\":\"43\"}",
+                    "{\"id\":\"43\",\"counters\":{\"stamps\":9}}", NULL, NULL, &rc);
+    json_t *reset = json_array_get(json_object_get(res, "accepted"), 0);
+    ck_assert(json_is_true(json_object_get(reset, "reset")));
+    ck_assert_int_eq(json_integer_value(json_object_get(reset, "from")), 9);
+    ck_assert_int_eq(json_integer_value(json_object_get(reset, "value")), 0);
+    upd = json_object_get(res, "member");
+    ck_assert_int_eq(json_integer_value(json_object_get(contact_fields(res), "stamps")), 0);
+    m = json_pack("{s:s, s:O, s:O}", "id", "43", "counters", json_object_get(upd, "counters"),
+                  "counter_log", json_object_get(upd, "counter_log"));
+    json_decref(res);
+    res = eval_member(REOPENED("card"), m, &rc);
+    json_decref(m);
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_object_get(json_object_get(res, "member"), "counters"), "stamps")),
+                     9);
+    json_decref(res);
+
+    /* Undoing more than is left stops at 0, and says so. */
+    res = eval_json(REOPENED("5"),
+                    "{\"id\":\"43\",\"counters\":{\"stamps\":1},\"counter_log\":[{\"name\":"
+                    "\"stamps\",\"by\":3,\"ref\":\"5\",\"at\":1}]}",
+                    NULL, NULL, &rc);
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_object_get(json_object_get(res, "member"), "counters"), "stamps")),
+                     0);
+    char *notes = json_dumps(json_object_get(json_object_get(res, "trace"), "notes"), 0);
+    ck_assert_ptr_nonnull(strstr(notes, "counter 'stamps' is 1, undoing 3 stops at 0"));
+    free(notes);
+    json_decref(res);
+
+    /* Stored counters that are not whole non-negative numbers are refused as input. */
+    res = eval_json(WON, "{\"id\":\"43\",\"counters\":{\"stamps\":-1}}", NULL, NULL, &rc);
+    ck_assert_int_eq(rc, -EINVAL);
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(res, "error")),
+                                 "member.counters.stamps must be a non-negative integer"));
+    json_decref(res);
+}
+END_TEST
+
+/* Without a declaration in pack.conf any counter name counts, and none reaches the CRM. */
+START_TEST(test_count_undeclared)
+{
+    make_pack("return { ['deal.won'] = function(ev, m) return {\n"
+              "  count{ name = 'visits', ref = ev.deal.id },\n"
+              "  count{ name = 'balance' },\n"
+              "  award{ points = (m.counters.visits or 0) + 1, reason = 'x' } } end }\n",
+              NULL);
+    int rc;
+    json_t *res = eval_json(WON, MEMBER, NULL, NULL, &rc);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(json_array_size(json_object_get(res, "accepted")), 2);
+    ck_assert_ptr_nonnull(strstr(reason_of(res, 0), "'balance' is not a counter name"));
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_object_get(json_object_get(res, "member"), "counters"), "visits")),
+                     1);
+    ck_assert_ptr_null(json_object_get(contact_fields(res), "visits"));
+    json_decref(res);
+}
+END_TEST
+
+/* pack.conf windows: member.spend / member.purchases carry them next to d30, d365, total. */
+START_TEST(test_windows_in_view)
+{
+    conf_text = counter_conf;
+    make_pack("return { tick = function(ev, m) return {\n"
+              "  award{ points = m.spend.d90 + m.purchases['since:2026-01-01'], reason = 'w' } } "
+              "end }\n",
+              NULL);
+    const int64_t day = LOYD_DAY_MS;
+    json_t *pur = json_pack(
+        "[{s:s,s:I,s:I},{s:s,s:I,s:I},{s:s,s:I,s:I}]", "deal_id", "1", "amount", (json_int_t)1000,
+        "at", (json_int_t)(T0 - 10 * day), "deal_id", "2", "amount", (json_int_t)2000, "at",
+        (json_int_t)(T0 - 80 * day), /* 2025-12-11: d90, not this year */
+        "deal_id", "3", "amount", (json_int_t)4000, "at", (json_int_t)(T0 - 200 * day));
+    json_t *m = json_pack("{s:s, s:{s:i}}", "id", "43", "counters", "stamps", 4);
+    json_t *view = NULL;
+    struct loyd_buf err = {0};
+    ck_assert_int_eq(loyd_rules_pack_member_view(pack, m, NULL, pur, T0, 0, &view, &err), 0);
+    json_t *spend = json_object_get(view, "spend"), *cnt = json_object_get(view, "purchases");
+    ck_assert_int_eq(json_integer_value(json_object_get(spend, "d90")), 3000);
+    ck_assert_int_eq(json_integer_value(json_object_get(cnt, "d90")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(spend, "since:2026-01-01")), 1000);
+    ck_assert_int_eq(json_integer_value(json_object_get(cnt, "since:2026-01-01")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(spend, "d30")), 1000);
+    ck_assert_int_eq(json_integer_value(json_object_get(spend, "total")), 7000);
+    json_t *counters = json_object_get(view, "counters");
+    ck_assert_int_eq(json_integer_value(json_object_get(counters, "stamps")), 4);
+    ck_assert(json_is_integer(json_object_get(counters, "seen"))); /* declared: 0, not nil */
+    ck_assert_int_eq(json_integer_value(json_object_get(counters, "seen")), 0);
+    json_decref(view);
+
+    /* The handlers see the same view. */
+    json_t *ev = json_pack("{s:s, s:s, s:I, s:s}", "type", "tick", "key", "t", "at", (json_int_t)T0,
+                           "member_id", "43");
+    struct loyd_rules_input in = {.event = ev, .member = m, .purchases = pur};
+    json_t *res = NULL;
+    ck_assert_int_eq(loyd_rules_eval(rules, &in, &res), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_array_get(json_object_get(res, "accepted"), 0), "points")),
+                     3001);
+    json_decref(res);
+    json_decref(ev);
+    json_decref(m);
+    json_decref(pur);
+    loyd_buf_free(&err);
+}
+END_TEST
+
+START_TEST(test_stamps_pack_passes)
+{
+    char *dir = src_path("tests/data/packs/stamps");
+    int rc;
+    char *out = capture(run_tests, dir, &rc);
+    ck_assert_msg(rc == 0, "%s", out);
+    ck_assert_ptr_nonnull(strstr(out, "8 passed, 0 failed\n"));
+    free(out);
+    out = capture(run_check, dir, &rc);
+    ck_assert_msg(rc == 0, "%s", out);
+    free(out);
+    free(dir);
+}
+END_TEST
+
+/* ---- campaigns: the `campaigns` setting type and the loyd.campaign_* helpers ---------------- */
+
+static const char *campaign_conf =
+    "return { name = 't', version = '1', settings = {\n"
+    "  campaigns = { type = 'campaigns', default = {\n"
+    "    { name = 'bf', from = '2026-03-01', to = '2026-03-07', multiplier = 2, budget = 1500 },\n"
+    "    { name = 'wkend', weekdays = { 6, 7 }, bonus_bp = 2500 },\n"
+    "    { name = 'later', from = '2026-03-08', multiplier = 5 } } },\n"
+    "  budgets = { type = 'map', of = 'int', default = {} },\n"
+    "} }\n";
+
+static const char *campaign_rules =
+    "return { ['deal.won'] = function(ev, m, s)\n"
+    "  local out = { award{ points = 1000, reason = 'base', ref = ev.deal.id } }\n"
+    "  for _, e in ipairs(loyd.campaign_awards(s.campaigns, 1000,\n"
+    "                     { reason = 'deal ' .. ev.deal.id, ref = ev.deal.id })) do\n"
+    "    out[#out + 1] = e\n"
+    "  end\n"
+    "  out[#out + 1] = note{ text = 'left ' .. tostring(loyd.campaign_remaining('bf'))\n"
+    "    .. ' spent ' .. loyd.campaign_spent('bf')\n"
+    "    .. ' none ' .. tostring(loyd.campaign_remaining('nope'))\n"
+    "    .. ' active ' .. #loyd.active_campaigns(s.campaigns) }\n"
+    "  return out\n"
+    "end,\n"
+    "  tick = function(ev, m, s)\n"
+    "    local bonus = loyd.campaign_awards(s.campaigns, 10, { expire_in_days = 3 })\n"
+    "    return bonus\n"
+    "  end,\n"
+    "  birthday = function(ev, m, s)\n"
+    "    local bonus = loyd.campaign_awards(s.campaigns, 1.5)\n"
+    "    return bonus\n"
+    "  end }\n";
+
+/* deal.won at @p at (ms) with the tenant-wide @p totals (JSON text, NULL: none). */
+static json_t *campaign_eval(int64_t at, const char *settings, const char *totals)
+{
+    char event[256];
+    snprintf(event, sizeof(event),
+             "{\"type\":\"deal.won\",\"key\":\"deal:7:won\",\"at\":%lld,"
+             "\"deal\":{\"id\":\"7\",\"amount\":100000}}",
+             (long long)at);
+    json_t *ev = json_loads(event, 0, NULL), *m = json_loads(MEMBER, 0, NULL);
+    json_t *st = json_loads(settings != NULL ? settings : "{}", 0, NULL), *eff = NULL;
+    json_t *tot = totals != NULL ? json_loads(totals, 0, NULL) : NULL, *res = NULL;
+    struct loyd_buf err = {0};
+    ck_assert_msg(loyd_pack_settings(pack, st, NULL, &eff, &err) == 0, "%s", err.data);
+    struct loyd_rules_input in = {
+        .event = ev, .member = m, .settings = eff, .campaign_totals = tot};
+    ck_assert_int_eq(loyd_rules_eval(rules, &in, &res), 0);
+    json_decref(ev);
+    json_decref(m);
+    json_decref(st);
+    json_decref(eff);
+    json_decref(tot);
+    loyd_buf_free(&err);
+    return res;
+}
+
+/* The campaigns of the accepted awards, in order, as "name:points" joined by spaces. */
+static char *campaign_awards_of(json_t *res)
+{
+    struct loyd_buf b = {0};
+    size_t i;
+    json_t *e;
+    loyd_buf_puts(&b, "");
+    json_array_foreach(json_object_get(res, "accepted"), i, e)
+    {
+        const char *c = json_string_value(json_object_get(e, "campaign"));
+        if (c != NULL)
+            loyd_buf_printf(&b, "%s%s:%lld", b.len > 0 ? " " : "", c,
+                            (long long)json_integer_value(json_object_get(e, "points")));
+    }
+    return b.data;
+}
+
+static const char *note_text(json_t *res)
+{
+    size_t i;
+    json_t *o;
+    json_array_foreach(json_object_get(res, "outbox"), i, o)
+    {
+        if (strcmp(json_string_value(json_object_get(o, "op")), "note") == 0)
+            return json_string_value(json_object_get(o, "text"));
+    }
+    return "";
+}
+
+#define D0301 1772366400000LL /* Sunday: the window's first day */
+#define D0304 1772625600000LL /* Wednesday */
+#define D0307 1772884800000LL /* Saturday: the window's last day */
+#define D0308 1772971200000LL /* Sunday: the day after it */
+
+START_TEST(test_campaign_helper)
+{
+    conf_text = campaign_conf;
+    make_pack(campaign_rules, NULL);
+    json_t *res = campaign_eval(D0301, NULL, NULL);
+    char *got = campaign_awards_of(res);
+    /* bf doubles (+1000), the weekend adds 25 %, "later" has not started. */
+    ck_assert_str_eq(got, "bf:1000 wkend:250");
+    free(got);
+    json_t *bf = json_array_get(json_object_get(res, "accepted"), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(bf, "reason")), "campaign bf, deal 7");
+    ck_assert_str_eq(json_string_value(json_object_get(bf, "ref")), "7");
+    ck_assert_str_eq(note_text(res), "left 1500 spent 0 none nil active 2");
+    json_decref(res);
+
+    /* Wednesday inside the window: no weekend bonus. */
+    res = campaign_eval(D0304, NULL, NULL);
+    got = campaign_awards_of(res);
+    ck_assert_str_eq(got, "bf:1000");
+    free(got);
+    json_decref(res);
+
+    /* The last day still counts; the day after, bf has ended and "later" begins. */
+    res = campaign_eval(D0307, NULL, NULL);
+    got = campaign_awards_of(res);
+    ck_assert_str_eq(got, "bf:1000 wkend:250");
+    free(got);
+    json_decref(res);
+    res = campaign_eval(D0308, NULL, NULL);
+    got = campaign_awards_of(res);
+    ck_assert_str_eq(got, "wkend:250 later:4000");
+    free(got);
+    json_decref(res);
+
+    /* The tenant's overrides replace the list; a tenant's bonus_bp is read as well. */
+    res = campaign_eval(D0304, "{\"campaigns\":[{\"name\":\"mid\",\"bonus_bp\":1000}]}", NULL);
+    got = campaign_awards_of(res);
+    ck_assert_str_eq(got, "mid:100");
+    free(got);
+    json_decref(res);
+}
+END_TEST
+
+START_TEST(test_campaign_budget)
+{
+    conf_text = campaign_conf;
+    make_pack(campaign_rules, NULL);
+    /* 800 of bf's 1500 spent tenant-wide: the bonus is cut to 700, with a note. */
+    json_t *res = campaign_eval(D0304, NULL, "{\"bf\":800}");
+    json_t *bf = json_array_get(json_object_get(res, "accepted"), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(bf, "points")), 700);
+    ck_assert_int_eq(json_integer_value(json_object_get(bf, "capped_from")), 1000);
+    ck_assert_str_eq(note_text(res), "left 700 spent 800 none nil active 1");
+    json_t *notes = json_object_get(json_object_get(res, "trace"), "notes");
+    ck_assert_ptr_nonnull(strstr(json_string_value(json_array_get(notes, 0)),
+                                 "award of 1000 points cut to 700 by the budget of campaign 'bf'"));
+    json_decref(res);
+
+    /* Spent: the bonus is refused, the base award stays, rules read 0 left. */
+    res = campaign_eval(D0304, NULL, "{\"bf\":1500}");
+    ck_assert_str_eq(reason_of(res, 0),
+                     "budget of campaign 'bf' exhausted (1,500 points of 1,500 points awarded)");
+    ck_assert_int_eq(json_integer_value(json_object_get(res, "balance")), 1000);
+    ck_assert_str_eq(note_text(res), "left 0 spent 1500 none nil active 1");
+    json_decref(res);
+
+    /* settings.budgets still counts; with a campaign budget too, the smaller one binds. */
+    res = campaign_eval(D0304, "{\"budgets\":{\"bf\":900}}", "{\"bf\":800}");
+    bf = json_array_get(json_object_get(res, "accepted"), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(bf, "points")), 100);
+    ck_assert_str_eq(note_text(res), "left 100 spent 800 none nil active 1");
+    json_decref(res);
+    res = campaign_eval(D0304, "{\"budgets\":{\"nope\":5}}", NULL);
+    ck_assert_str_eq(note_text(res), "left 1500 spent 0 none 5 active 1");
+    json_decref(res);
+}
+END_TEST
+
+START_TEST(test_campaign_helper_errors)
+{
+    conf_text = campaign_conf;
+    make_pack(campaign_rules, NULL);
+    int rc;
+    json_t *res = eval_json("{\"type\":\"tick\",\"key\":\"t\",\"at\":1772366400000}", MEMBER, NULL,
+                            NULL, &rc);
+    ck_assert_int_eq(rc, LOYD_ERULE);
+    const char *e = json_string_value(json_object_get(res, "error"));
+    ck_assert_msg(strstr(e, "rules/a.lua:14: loyd.campaign_awards: unknown option "
+                            "'expire_in_days'") != NULL,
+                  "%s", e);
+    json_decref(res);
+    res = eval_json("{\"type\":\"birthday\",\"key\":\"b\",\"at\":1772366400000}", MEMBER, NULL,
+                    NULL, &rc);
+    ck_assert_int_eq(rc, LOYD_ERULE);
+    e = json_string_value(json_object_get(res, "error"));
+    ck_assert_msg(strstr(e, "rules/a.lua:18: loyd.campaign_awards: points must be an integer "
+                            "number of ledger units, got 1.5") != NULL,
+                  "%s", e);
+    json_decref(res);
+}
+END_TEST
+
+/* ISO weekdays across years, leap days and before 1970 (the helper's and the CLI's). */
+START_TEST(test_iso_weekday)
+{
+    ck_assert_int_eq(loyd_iso_weekday("2026-03-01"), 7);
+    ck_assert_int_eq(loyd_iso_weekday("2026-11-30"), 1);
+    ck_assert_int_eq(loyd_iso_weekday("2024-02-29"), 4);
+    ck_assert_int_eq(loyd_iso_weekday("1970-01-01"), 4);
+    ck_assert_int_eq(loyd_iso_weekday("1969-12-31"), 3);
+    ck_assert_int_eq(loyd_iso_weekday("2000-01-01"), 6);
+    ck_assert_int_eq(loyd_iso_weekday("2026-02-29"), 0);
+    ck_assert_int_eq(loyd_iso_weekday("2026-3-1"), 0);
+    /* The Lua helper agrees with C on every day of two years (2024 a leap year). */
+    conf_text = campaign_conf;
+    make_pack("return { tick = function(ev, m, s)\n"
+              "  local c = { name = 'x', weekdays = { 1 }, multiplier = 2 }\n"
+              "  local out, d = {}, '2023-12-25'\n"
+              "  for i = 1, 731 do\n"
+              "    if loyd.campaign_active(c, d) then out[#out + 1] = d end\n"
+              "    d = loyd.date_add_days(d, 1)\n"
+              "  end\n"
+              "  return { note{ text = table.concat(out, ',') } }\n"
+              "end }\n",
+              NULL);
+    int rc;
+    json_t *res = eval_json("{\"type\":\"tick\",\"key\":\"t\",\"at\":1772366400000}", MEMBER, NULL,
+                            NULL, &rc);
+    ck_assert_int_eq(rc, 0);
+    const char *mondays = note_text(res);
+    size_t n = 0;
+    for (const char *p = mondays; *p != '\0'; p += 11, n++) {
+        char d[11];
+        memcpy(d, p, 10);
+        d[10] = '\0';
+        ck_assert_msg(loyd_iso_weekday(d) == 1, "%s is not a Monday", d);
+        if (p[10] == '\0')
+            break;
+    }
+    ck_assert_int_eq(n + 1, 105);
+    json_decref(res);
+}
+END_TEST
+
 Suite *rules_suite(void)
 {
     Suite *s = suite_create("rules");
@@ -501,6 +971,13 @@ Suite *rules_suite(void)
     tcase_add_test(tc, test_negative_policy_and_expiry);
     tcase_add_test(tc, test_birthday_once_and_view);
     tcase_add_test(tc, test_set_field_crm_false);
+    tcase_add_test(tc, test_campaign_helper);
+    tcase_add_test(tc, test_campaign_budget);
+    tcase_add_test(tc, test_campaign_helper_errors);
+    tcase_add_test(tc, test_iso_weekday);
+    tcase_add_test(tc, test_count_effect);
+    tcase_add_test(tc, test_count_undeclared);
+    tcase_add_test(tc, test_windows_in_view);
     suite_add_tcase(s, tc);
     TCase *cli = tcase_create("commands");
     tcase_set_timeout(cli, 30);
@@ -508,6 +985,7 @@ Suite *rules_suite(void)
     tcase_add_test(cli, test_runner_diff);
     tcase_add_test(cli, test_retail_pack_passes);
     tcase_add_test(cli, test_retail_output);
+    tcase_add_test(cli, test_stamps_pack_passes);
     suite_add_tcase(s, cli);
     return s;
 }

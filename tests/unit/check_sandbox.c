@@ -1125,6 +1125,25 @@ START_TEST(test_date_helpers)
 }
 END_TEST
 
+/* loyd.weekday: ISO numbering, Monday 1 .. Sunday 7; no argument = today (the frozen clock). */
+START_TEST(test_weekday)
+{
+    json_t *r = eval("{ loyd.weekday('2026-12-04'), loyd.weekday('2026-03-01'),"
+                     " loyd.weekday('2026-03-02'), loyd.weekday('2024-02-29'),"
+                     " loyd.weekday('2000-02-29'), loyd.weekday('1969-12-31'),"
+                     " loyd.weekday('1970-01-01'), loyd.weekday('0001-01-01'),"
+                     " loyd.weekday() }",
+                     0);
+    /* Fri, Sun, Mon, Thu (a leap day), Tue (a leap day of a 400-year), Wed (before the epoch),
+     * Thu, Mon; the clock is 2024-02-29. */
+    assert_json_eq(r, "[5, 7, 1, 4, 2, 3, 4, 1, 4]");
+    json_decref(r);
+    assert_raises("loyd.weekday('2023-02-29')", "YYYY-MM-DD");
+    assert_raises("loyd.weekday('2026-12-4')", "YYYY-MM-DD");
+    assert_raises("loyd.weekday(20261204)", "YYYY-MM-DD");
+}
+END_TEST
+
 /* ---- prelude, define, freeze --------------------------------------------------------------- */
 
 static int l_test_double(lua_State *L)
@@ -1348,6 +1367,7 @@ Suite *sandbox_suite(void)
     tcase_add_test(tc, test_random_deterministic);
     tcase_add_test(tc, test_frozen_clock);
     tcase_add_test(tc, test_date_helpers);
+    tcase_add_test(tc, test_weekday);
     tcase_add_test(tc, test_sorted_keys);
     suite_add_tcase(s, tc);
     return s;

@@ -119,10 +119,15 @@ struct loyd_errbuf {
  *    "stage": "C1:WON", "amount": 125000,
  *    "currency": "RUB", "contact_id": "43" (or absent),
  *    "redeem_points": "3000" (as the card shows it: points as people count them),
+ *    "offer_code": "BDAY-43-2026" (a code the customer used, as typed; or absent),
  *    "modified_at": <ms>}
  *   {"kind": "contact", "id": "43", "name": "Anna Petrova", "phone": "+7...", "email": "...",
  *    "birthday": "1990-02-28" (or absent), "modified_at": <ms>,
  *    "attributes": {...CRM fields the tenant maps to member attributes...},
+ *    "referred_by": {"phone"|"email"|"contact_id": "<the value as the CRM holds it>"} (who
+ *                   referred the contact, as a manager typed it; or absent: the host resolves
+ *                   it to a member, contact_match.h; a connector reads a referral code,
+ *                   loyd/referral.h, and passes on the contact id it names),
  *    "fields": {...loyd's own CRM fields as the CRM shows them, strings or numbers:
  *               "balance": "455.5" (points as people count them), "tier", ...}}
  *   {"kind": "deal"|"contact", "id": "759", "deleted": true}   (gone from the CRM)

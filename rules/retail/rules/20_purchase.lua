@@ -1,13 +1,6 @@
 -- Purchases: part of a won deal may be paid with points (capped at a share of the amount),
--- then cashback by tier on what was paid in money, multiplied during campaign windows.
-local function campaign_for(settings, today)
-  for _, c in ipairs(settings.campaigns) do
-    if c.from ~= nil and c.to ~= nil and today >= c.from and today <= c.to then
-      return c
-    end
-  end
-  return nil
-end
+-- then cashback by tier on what was paid in money, plus the bonus of every campaign running
+-- today (settings.campaigns; the host holds each to its budget).
 
 return {
   ["deal.won"] = function(ev, member, settings)
@@ -35,12 +28,10 @@ return {
     if points > 0 then
       effects[#effects + 1] = award{ points = points, reason = "cashback, deal " .. deal.id,
                                      ref = deal.id, expires_in_days = ttl }
-      local c = campaign_for(settings, loyd.today())
-      if c ~= nil and (c.multiplier or 1) > 1 then
-        effects[#effects + 1] = award{ points = points * (c.multiplier - 1),
-                                       reason = "campaign " .. c.name .. ", deal " .. deal.id,
-                                       ref = deal.id, campaign = c.name, expires_in_days = ttl }
-      end
+      local bonus = loyd.campaign_awards(settings.campaigns, points,
+                                         { reason = "deal " .. deal.id, ref = deal.id,
+                                           expires_in_days = ttl })
+      for _, e in ipairs(bonus) do effects[#effects + 1] = e end
     end
     return effects
   end,

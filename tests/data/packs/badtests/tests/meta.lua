@@ -1,0 +1,4 @@
+return {
+  matrx = { a = {} },
+  { name = "never runs", now = "2026-03-01" },
+}
