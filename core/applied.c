@@ -129,8 +129,8 @@ void loyd_applied_effect_words(const json_t *e, const struct loyd_points_unit *u
     }
 }
 
-bool loyd_applied_words(const json_t *event, const json_t *trace,
-                        const struct loyd_points_unit *u, struct loyd_buf *out)
+bool loyd_applied_words(const json_t *event, const json_t *trace, const struct loyd_points_unit *u,
+                        struct loyd_buf *out)
 {
     const json_t *deal = json_object_get(event, "deal");
     const char *member = sfield(json_object_get(event, "contact"), "id");

@@ -25,8 +25,8 @@
  * points through @p u.  @return whether the rules did anything (an effect accepted or refused,
  * or the balance moved): an event they ignored reads "no effects".
  */
-bool loyd_applied_words(const json_t *event, const json_t *trace,
-                        const struct loyd_points_unit *u, struct loyd_buf *out);
+bool loyd_applied_words(const json_t *event, const json_t *trace, const struct loyd_points_unit *u,
+                        struct loyd_buf *out);
 
 /** Appends the words of one accepted effect (as in trace.accepted) to @p out. */
 void loyd_applied_effect_words(const json_t *effect, const struct loyd_points_unit *u,

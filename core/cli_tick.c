@@ -83,9 +83,9 @@ struct tick {
     /* The page being applied. */
     json_t *events; /* array of events */
     size_t next;
-    char *after;    /* the last member id of the page */
+    char *after; /* the last member id of the page */
     bool done;
-    int rc;         /* the run's outcome: 0, or 1 after a failure */
+    int rc; /* the run's outcome: 0, or 1 after a failure */
 
     /* What happened. */
     size_t members, birthdays, ticks, applied, acted, duplicates, failed;
@@ -142,8 +142,7 @@ static int tenant_load(struct tick *t)
     int rc = 1;
 
     if (dh == NULL) {
-        fail("cannot read the tenants folder %s (from %s): %s", dir, t->cfg->path,
-             strerror(errno));
+        fail("cannot read the tenants folder %s (from %s): %s", dir, t->cfg->path, strerror(errno));
         return 1;
     }
     while ((de = readdir(dh)) != NULL) {
@@ -252,8 +251,8 @@ static int store_copy(struct tick *t)
         path += 9;
     else if (strncmp(path, "sqlite:", 7) == 0)
         path += 7;
-    const char *tmp = getenv("TMPDIR") != NULL && getenv("TMPDIR")[0] != '\0' ? getenv("TMPDIR")
-                                                                           : "/tmp";
+    const char *tmp =
+        getenv("TMPDIR") != NULL && getenv("TMPDIR")[0] != '\0' ? getenv("TMPDIR") : "/tmp";
     char *dir = loyd_xasprintf("%s/loyd-tick-XXXXXX", tmp);
     if (mkdtemp(dir) == NULL) {
         fail("--dry-run: cannot make a folder for the store's copy in %s: %s", tmp,
@@ -388,8 +387,8 @@ static bool page_load(struct tick *t)
         }
     }
     free(t->after);
-    t->after = loyd_xstrdup(sfield(json_array_get(members, json_array_size(members) - 1),
-                                   "member_id"));
+    t->after =
+        loyd_xstrdup(sfield(json_array_get(members, json_array_size(members) - 1), "member_id"));
     json_decref(members);
     return true;
 }
@@ -453,8 +452,8 @@ static void on_applied(void *arg, int err)
         t->failed++;
         t->rc = 1;
         fail("event %s failed: %s%s", sfield(ev, "key"), loyd_strerror(err),
-             err == -EINVAL || err == LOYD_ERULE || err == LOYD_EBUDGET ||
-                     err == LOYD_ERULEMEM || err == LOYD_EEFFECT
+             err == -EINVAL || err == LOYD_ERULE || err == LOYD_EBUDGET || err == LOYD_ERULEMEM ||
+                     err == LOYD_EEFFECT
                  ? " (a dead letter now; the store's dead_letters table has the details)"
                  : "");
         if (err == LOYD_EDB || err == -ECANCELED) {
@@ -492,7 +491,8 @@ static void step(struct tick *t)
     }
 }
 
-/* ---- the summary ------------------------------------------------------------------------------ */
+/* ---- the summary ------------------------------------------------------------------------------
+ */
 
 static void summary(struct tick *t)
 {
@@ -513,14 +513,15 @@ static void summary(struct tick *t)
     loyd_points_format(t->awarded, u, LOYD_POINTS_GROUP | LOYD_POINTS_UNIT, aw, sizeof(aw));
     loyd_points_format(t->redeemed, u, LOYD_POINTS_GROUP | LOYD_POINTS_UNIT, rd, sizeof(rd));
     bal[0] = t->balance_delta > 0 ? '+' : '\0';
-    loyd_points_format(t->balance_delta, u, LOYD_POINTS_GROUP | LOYD_POINTS_UNIT, bal + (bal[0] != 0),
-                       sizeof(bal) - 1);
+    loyd_points_format(t->balance_delta, u, LOYD_POINTS_GROUP | LOYD_POINTS_UNIT,
+                       bal + (bal[0] != 0), sizeof(bal) - 1);
     printf("%s; %s awarded, %s redeemed, balances %s in all\n", n ? "" : " none", aw, rd, bal);
     if (t->applied > 0 && !t->dry_run)
         printf("CRM write-backs are queued in the store; the daemon (`loyd serve`) sends them.\n");
 }
 
-/* ---- the command ------------------------------------------------------------------------------ */
+/* ---- the command ------------------------------------------------------------------------------
+ */
 
 static void tick_close(struct tick *t)
 {

@@ -196,9 +196,9 @@ static char *card(const char *kind, const char *id, const char *field)
     snprintf(method, sizeof(method), "crm.%s.get", kind);
     json_t *r = shop(method, json_pack("{s:s}", "id", id));
     json_t *v = json_object_get(json_object_get(r, "result"), field);
-    char *s = json_is_string(v)    ? loyd_xstrdup(json_string_value(v))
+    char *s = json_is_string(v)   ? loyd_xstrdup(json_string_value(v))
               : json_is_number(v) ? loyd_xasprintf("%g", json_number_value(v))
-                                   : loyd_xstrdup("");
+                                  : loyd_xstrdup("");
     json_decref(r);
     return s;
 }
@@ -224,8 +224,7 @@ static void wait_card(const char *kind, const char *id, const char *field, const
 static long long sql_int(const char *query)
 {
     char cmd[1200], out[64] = "";
-    snprintf(cmd, sizeof(cmd), "sqlite3 -cmd '.timeout 5000' '%s/loyd.db' \"%s\" 2>&1", dir,
-             query);
+    snprintf(cmd, sizeof(cmd), "sqlite3 -cmd '.timeout 5000' '%s/loyd.db' \"%s\" 2>&1", dir, query);
     FILE *f = popen(cmd, "r");
     ck_assert_ptr_nonnull(f);
     char *got = fgets(out, sizeof(out), f);
@@ -252,8 +251,8 @@ static void start_emulator(void)
                    " \"member_id\": \"" MEMBER "\", \"access_token\": \"" ACCESS "\","
                    " \"refresh_token\": \"testrefreshtoken0123456789abcdef\","
                    " \"token_ttl_s\": 86400, \"rate\": {\"drain\": 5, \"burst\": 100}}");
-    const char *eargv[] = {"emulate", "bitrix24", "--listen", "127.0.0.1:0", "--options",
-                           "emu.json", NULL};
+    const char *eargv[] = {"emulate",   "bitrix24", "--listen", "127.0.0.1:0",
+                           "--options", "emu.json", NULL};
     loyd_e2e_spawn(&emu, dir, eargv);
     eport = loyd_e2e_wait_port(&emu, 10000);
     ck_assert_int_gt(eport, 0);
@@ -262,12 +261,12 @@ static void start_emulator(void)
 /* A tenant file on the emulator, with @p extra inside its crm table. */
 static void tenant(const char *name, const char *extra)
 {
-    char *text = loyd_xasprintf("connector = \"bitrix24\"\npack = \"retail\"\n"
-                                "timezone = \"Europe/Moscow\"\n"
-                                "crm = { webhook_url = \"http://127.0.0.1:%d/rest/1/" CODE "/\","
-                                " application_token = \"" TOKEN "\", member_id = \"" MEMBER
-                                "\"%s }\n",
-                                eport, extra);
+    char *text =
+        loyd_xasprintf("connector = \"bitrix24\"\npack = \"retail\"\n"
+                       "timezone = \"Europe/Moscow\"\n"
+                       "crm = { webhook_url = \"http://127.0.0.1:%d/rest/1/" CODE "/\","
+                       " application_token = \"" TOKEN "\", member_id = \"" MEMBER "\"%s }\n",
+                       eport, extra);
     char *file = loyd_xasprintf("tenants.d/%s.conf", name);
     loyd_e2e_write(dir, file, text);
     free(file);
@@ -287,13 +286,13 @@ static void start_daemon(void)
     loyd_e2e_spawn(&daemon_proc, dir, argv);
     dport = loyd_e2e_wait_port(&daemon_proc, 10000);
     ck_assert_int_gt(dport, 0);
-    static const char *const events[] = {"ONCRMCONTACTADD", "ONCRMCONTACTUPDATE",
-                                         "ONCRMDEALADD", "ONCRMDEALUPDATE"};
+    static const char *const events[] = {"ONCRMCONTACTADD", "ONCRMCONTACTUPDATE", "ONCRMDEALADD",
+                                         "ONCRMDEALUPDATE"};
     char handler[96];
     snprintf(handler, sizeof(handler), "http://127.0.0.1:%d/hooks/shop", dport);
     for (size_t i = 0; i < LOYD_ARRAY_SIZE(events); i++)
-        json_decref(shop("event.bind",
-                         json_pack("{s:s, s:s}", "event", events[i], "handler", handler)));
+        json_decref(
+            shop("event.bind", json_pack("{s:s, s:s}", "event", events[i], "handler", handler)));
 }
 
 static char *won_deal(const char *contact, const char *amount, const char *pay_points)
@@ -334,8 +333,8 @@ START_TEST(test_applied_event_line_and_deal_fields)
 
     char *needle = loyd_xasprintf("tenant=shop event=deal:%s:", deal);
     char *log = NULL;
-    ck_assert_msg(loyd_e2e_wait_log(&daemon_proc, needle, 10000, &log), "no line %s:\n%s",
-                  needle, log);
+    ck_assert_msg(loyd_e2e_wait_log(&daemon_proc, needle, 10000, &log), "no line %s:\n%s", needle,
+                  log);
     char *line = line_with(log, needle);
     ck_assert_msg(strncmp(line, "<6>", 3) == 0, "not at info level: %s", line);
     HAS(line, "deal.won");
@@ -392,8 +391,8 @@ START_TEST(test_tick_runs_a_day_once)
     const char *argv[] = {"tick", "-c", "loyd.conf", "--date", day, "shop", NULL};
     int rc = run(argv, &out, &err);
     ck_assert_msg(rc == 0, "exit %d:\n%s%s", rc, out, err);
-    char *offer = loyd_xasprintf("birthday:%s:%.4s  birthday member=%s: offer BDAY-%s-%.4s",
-                                 anna, day, anna, anna, day);
+    char *offer = loyd_xasprintf("birthday:%s:%.4s  birthday member=%s: offer BDAY-%s-%.4s", anna,
+                                 day, anna, anna, day);
     HAS(out, offer);
     HAS(out, "task \"Congratulate on the birthday\"");
     HAS(out, "1 member, 1 birthday, 1 tick");
@@ -429,8 +428,8 @@ START_TEST(test_tick_runs_a_day_once)
 
     /* The daemon sends the task that `loyd tick` queued. */
     for (int t = 0; t < 30000; t += 300) {
-        json_t *r = shop("crm.activity.list", json_pack("{s:{s:i, s:s}}", "filter",
-                                                         "OWNER_TYPE_ID", 3, "OWNER_ID", anna));
+        json_t *r = shop("crm.activity.list", json_pack("{s:{s:i, s:s}}", "filter", "OWNER_TYPE_ID",
+                                                        3, "OWNER_ID", anna));
         size_t n = json_array_size(json_object_get(r, "result"));
         json_decref(r);
         if (n > 0)
@@ -478,8 +477,8 @@ START_TEST(test_emulator_codes_and_options)
     loyd_e2e_write(dir, "emu.json",
                    "{\"webhook_code\": \"" CODE "\", \"webhook_user\": \"7\", "
                    "\"application_token\": \"" TOKEN "\", \"member_id\": \"" MEMBER "\"}");
-    const char *argv[] = {"emulate", "bitrix24", "--listen", "127.0.0.1:0", "--options",
-                          "emu.json", NULL};
+    const char *argv[] = {"emulate",   "bitrix24", "--listen", "127.0.0.1:0",
+                          "--options", "emu.json", NULL};
     loyd_e2e_spawn(&emu, dir, argv);
     eport = loyd_e2e_wait_port(&emu, 10000);
     ck_assert_int_gt(eport, 0);
